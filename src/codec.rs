@@ -1,0 +1,317 @@
+//! Exact buffer revival: the JSON value codec.
+//!
+//! Values and creds are JSON trees in which binary data appears as a *buffer node*. Every shape
+//! that Baileys versions and older stores wrote is revived to the exact bytes and re-written in
+//! one canonical shape, `{"type":"Buffer","data":"<standard padded base64>"}`:
+//!
+//! 1. `{"type":"Buffer","data":"<base64>"}`: Baileys' `BufferJSON.replacer` (decoded the way
+//!    Node's `Buffer.from(s, 'base64')` does, so url-safe or unpadded text gives the same bytes);
+//! 2. `{"type":"Buffer","data":[0-255, ...]}`: Node's `Buffer.toJSON`;
+//! 3. `{"buffer":true,"value":"<base64>" | [...]}`: Baileys 6 and older;
+//! 4. `{"0":n,"1":n,...}`: `JSON.stringify` of a `Uint8Array`, revived exactly as Baileys'
+//!    reviver does (every key passes `parseInt`, every value is a number; bytes in JavaScript's
+//!    property order; `{}` stays `{}`).
+//!
+//! Nothing else is touched: base64 *strings* (libsignal session records, protobuf JSON) stay
+//! strings. Strings containing NUL are refused, because PostgreSQL's `jsonb` cannot hold them.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// Builds the canonical buffer node for `bytes`.
+pub fn buffer_node(bytes: &[u8]) -> Value {
+    let mut m = Map::with_capacity(2);
+    m.insert("type".into(), Value::String("Buffer".into()));
+    m.insert("data".into(), Value::String(STANDARD.encode(bytes)));
+    Value::Object(m)
+}
+
+/// The exact bytes of `value` if it is a buffer node of any supported shape, else `None`.
+pub fn buffer_bytes(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::Object(m) => object_bytes(m),
+        _ => None,
+    }
+}
+
+/// True when `value` is a buffer node already in the canonical shape.
+pub fn is_canonical_buffer(value: &Value) -> bool {
+    match value {
+        Value::Object(m) => {
+            m.len() == 2
+                && m.get("type").and_then(Value::as_str) == Some("Buffer")
+                && m.get("data")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| STANDARD.decode(s).is_ok())
+        }
+        _ => false,
+    }
+}
+
+/// Rewrites every buffer node in `value`, at any depth, into the canonical shape, and refuses
+/// strings (or object keys) that contain NUL.
+pub fn canonicalize(value: &mut Value) -> Result<()> {
+    match value {
+        Value::String(s) => check_no_nul(s),
+        Value::Array(items) => items.iter_mut().try_for_each(canonicalize),
+        Value::Object(m) => {
+            if let Some(bytes) = object_bytes(m) {
+                if !is_canonical_buffer_map(m) {
+                    *value = buffer_node(&bytes);
+                }
+                return Ok(());
+            }
+            for (k, v) in m.iter_mut() {
+                check_no_nul(k)?;
+                canonicalize(v)?;
+            }
+            Ok(())
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
+}
+
+/// Parses JSON text and canonicalizes it; the text form of what is stored.
+pub fn canonical_text(json: &str) -> Result<String> {
+    let mut v: Value = serde_json::from_str(json)?;
+    canonicalize(&mut v)?;
+    Ok(serde_json::to_string(&v)?)
+}
+
+fn check_no_nul(s: &str) -> Result<()> {
+    if s.contains('\0') {
+        return Err(Error::invalid(
+            "strings must not contain NUL (\\u0000): PostgreSQL jsonb cannot store it",
+        ));
+    }
+    Ok(())
+}
+
+fn is_canonical_buffer_map(m: &Map<String, Value>) -> bool {
+    m.len() == 2
+        && m.get("type").and_then(Value::as_str) == Some("Buffer")
+        && m.get("data")
+            .and_then(Value::as_str)
+            .is_some_and(|s| STANDARD.decode(s).is_ok())
+}
+
+fn object_bytes(m: &Map<String, Value>) -> Option<Vec<u8>> {
+    // Shapes 1 and 2: {"type":"Buffer","data": "<base64>" | [n, ...]}.
+    if m.get("type").and_then(Value::as_str) == Some("Buffer") {
+        if let Some(data) = m.get("data") {
+            return data_bytes(data);
+        }
+    }
+    // Shape 3: {"buffer":true,"value": "<base64>" | [n, ...]}.
+    if m.get("buffer") == Some(&Value::Bool(true)) {
+        if let Some(data) = m.get("value") {
+            return data_bytes(data);
+        }
+    }
+    // Shape 4: {"0":n,"1":n,...}.
+    numeric_key_bytes(m)
+}
+
+fn data_bytes(data: &Value) -> Option<Vec<u8>> {
+    match data {
+        Value::String(s) => Some(decode_base64_like_node(s)),
+        Value::Array(items) => items.iter().map(|v| v.as_f64().map(to_uint8)).collect(),
+        _ => None,
+    }
+}
+
+/// Baileys' reviver: a non-empty object whose every key passes `!isNaN(parseInt(k, 10))` and
+/// whose every value is a number becomes `Buffer.from(Object.values(obj))`.
+fn numeric_key_bytes(m: &Map<String, Value>) -> Option<Vec<u8>> {
+    if m.is_empty() || !m.keys().all(|k| parse_int_is_number(k)) {
+        return None;
+    }
+    if !m.values().all(Value::is_number) {
+        return None;
+    }
+    // JavaScript property order: array-index keys ascending, then the rest in insertion order.
+    let mut indexed: Vec<(u32, f64)> = Vec::new();
+    let mut rest: Vec<f64> = Vec::new();
+    for (k, v) in m {
+        let n = v.as_f64().unwrap_or(f64::NAN);
+        match array_index(k) {
+            Some(i) => indexed.push((i, n)),
+            None => rest.push(n),
+        }
+    }
+    indexed.sort_by_key(|(i, _)| *i);
+    Some(
+        indexed
+            .into_iter()
+            .map(|(_, n)| n)
+            .chain(rest)
+            .map(to_uint8)
+            .collect(),
+    )
+}
+
+/// `!isNaN(parseInt(k, 10))`: after JavaScript white space, an optional sign, then a digit.
+fn parse_int_is_number(k: &str) -> bool {
+    let t = k.trim_start_matches(is_js_whitespace);
+    let t = t.strip_prefix(['+', '-']).unwrap_or(t);
+    t.starts_with(|c: char| c.is_ascii_digit())
+}
+
+fn is_js_whitespace(c: char) -> bool {
+    matches!(
+        c,
+        '\t' | '\n'
+            | '\u{b}'
+            | '\u{c}'
+            | '\r'
+            | ' '
+            | '\u{a0}'
+            | '\u{1680}'
+            | '\u{2000}'..='\u{200a}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202f}'
+            | '\u{205f}'
+            | '\u{3000}'
+            | '\u{feff}'
+    )
+}
+
+/// A JavaScript array index: the canonical decimal form of an integer in `0..=2^32-2`.
+fn array_index(k: &str) -> Option<u32> {
+    if k.is_empty() || (k.len() > 1 && k.starts_with('0')) || !k.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    k.parse::<u32>().ok().filter(|&i| i != u32::MAX)
+}
+
+/// ECMAScript ToUint8, as `Buffer.from(array)` applies to each element.
+fn to_uint8(n: f64) -> u8 {
+    if !n.is_finite() {
+        return 0;
+    }
+    n.trunc().rem_euclid(256.0) as u8
+}
+
+/// Decodes base64 the way Node's `Buffer.from(s, 'base64')` does: both alphabets, characters
+/// outside them skipped, decoding stops at the first `=`, a trailing partial group gives the
+/// bytes it fully covers. Standard padded text (what we write) takes the fast path.
+pub fn decode_base64_like_node(s: &str) -> Vec<u8> {
+    if let Ok(bytes) = STANDARD.decode(s) {
+        return bytes;
+    }
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0u32;
+    for b in s.bytes() {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            b'=' => break,
+            _ => continue,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn canon(v: Value) -> Value {
+        let mut v = v;
+        canonicalize(&mut v).expect("canonicalize");
+        v
+    }
+
+    #[test]
+    fn all_shapes_give_the_same_bytes() {
+        let want = vec![0u8, 1, 2, 254, 255];
+        let shapes = [
+            json!({"type":"Buffer","data":"AAEC/v8="}),
+            json!({"type":"Buffer","data":[0,1,2,254,255]}),
+            json!({"buffer":true,"value":"AAEC/v8="}),
+            json!({"buffer":true,"value":[0,1,2,254,255]}),
+            json!({"0":0,"1":1,"2":2,"3":254,"4":255}),
+            json!({"type":"Buffer","data":"AAEC_v8"}),
+        ];
+        for s in shapes {
+            assert_eq!(buffer_bytes(&s), Some(want.clone()), "{s}");
+            assert_eq!(canon(s), buffer_node(&want));
+        }
+    }
+
+    #[test]
+    fn nested_buffers_revive_at_any_depth() {
+        let v = json!({"a":[{"b":{"type":"Buffer","data":[7]}}],"c":{"buffer":true,"value":"CA=="}});
+        assert_eq!(
+            canon(v),
+            json!({"a":[{"b":{"type":"Buffer","data":"Bw=="}}],"c":{"type":"Buffer","data":"CA=="}})
+        );
+    }
+
+    #[test]
+    fn base64_strings_and_ordinary_objects_stay() {
+        let v = json!({
+            "keyData": "AAEC/v8=",
+            "_sessions": {"BQ==": {"registrationId": 5, "currentRatchet": {"rootKey": "q83v"}}},
+            "empty": {},
+            "memory": {"123@s.whatsapp.net": true},
+            "mixed": {"1": 1, "x": 2},
+            "typ": {"type": "Buffer"},
+            "arr": [1, 2, 3]
+        });
+        assert_eq!(canon(v.clone()), v);
+    }
+
+    #[test]
+    fn numeric_keys_follow_javascript_property_order() {
+        // Index keys ascending first, then other parseInt-able keys in insertion order.
+        let v: Value = serde_json::from_str(r#"{"10":3,"-1":9,"2":1,"01":8,"0":0}"#).unwrap();
+        assert_eq!(buffer_bytes(&v), Some(vec![0, 1, 3, 9, 8]));
+        // Values are converted like Buffer.from does: truncation and modulo 256.
+        let v = json!({"0": 256, "1": -1, "2": 1.9, "3": 300});
+        assert_eq!(buffer_bytes(&v), Some(vec![0, 255, 1, 44]));
+    }
+
+    #[test]
+    fn node_base64_leniency() {
+        assert_eq!(decode_base64_like_node("AQID"), vec![1, 2, 3]);
+        assert_eq!(decode_base64_like_node("AQI"), vec![1, 2]);
+        assert_eq!(decode_base64_like_node("AQ"), vec![1]);
+        assert_eq!(decode_base64_like_node("A"), Vec::<u8>::new());
+        assert_eq!(decode_base64_like_node("AQ ID\n"), vec![1, 2, 3]);
+        assert_eq!(decode_base64_like_node("-_-_"), vec![0xfb, 0xff, 0xbf]);
+        assert_eq!(decode_base64_like_node("AQ==AQID"), vec![1]);
+    }
+
+    #[test]
+    fn nul_in_strings_is_refused() {
+        let mut v = json!({"a": "x\u{0}y"});
+        assert!(canonicalize(&mut v).is_err());
+        let mut v = json!({"a\u{0}": 1});
+        assert!(canonicalize(&mut v).is_err());
+    }
+
+    #[test]
+    fn canonical_buffers_are_left_as_they_are() {
+        let v = buffer_node(&[1, 2, 3]);
+        assert!(is_canonical_buffer(&v));
+        assert_eq!(canon(v.clone()), v);
+    }
+}

@@ -1,0 +1,476 @@
+//! Configuration: where the database is, how to reach it, and the store's policies.
+//!
+//! [`Config::from_env`] reads `DATABASE_URL` or, without it, the libpq `PG*` variables, so the
+//! same environment that works for `psql` works here. `sslmode` and `sslrootcert` are handled
+//! by us (tokio-postgres knows only disable/prefer/require); TLS goes through rustls.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use percent_encoding::percent_decode_str;
+
+use crate::error::{Error, Result};
+
+/// How TLS is used for the database connection, with libpq's meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// TLS when the server offers it, without verifying the certificate (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS always; the certificate is verified only when `sslrootcert` is given (as libpq does).
+    Require,
+    /// TLS, and the server certificate must chain to `sslrootcert`.
+    VerifyCa,
+    /// TLS, the certificate must chain to `sslrootcert` and name the host. Use this in production.
+    VerifyFull,
+}
+
+impl FromStr for SslMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "prefer" | "allow" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(Error::invalid(format!(
+                    "sslmode must be disable, prefer, require, verify-ca or verify-full, got {other:?}"
+                )))
+            }
+        })
+    }
+}
+
+/// What writes do while the database is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutagePolicy {
+    /// Keep writes in a bounded pending log (and the journal, when configured) and replay them
+    /// in order when the database is back. Unless you have special needs this is the safe choice.
+    #[default]
+    Buffer,
+    /// Refuse writes at once with [`Error::ReadOnly`] until the database is back.
+    ReadOnly,
+}
+
+impl FromStr for OutagePolicy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "buffer" => Ok(OutagePolicy::Buffer),
+            "read-only" | "readonly" => Ok(OutagePolicy::ReadOnly),
+            other => Err(Error::invalid(format!(
+                "outage policy must be buffer or read-only, got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Time to live per key type: every write sets `expires_at = now() + ttl(type)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TtlPolicy {
+    /// TTL of types without an entry in `per_type`.
+    pub default: Duration,
+    /// TTL by key type.
+    pub per_type: HashMap<String, Duration>,
+}
+
+impl Default for TtlPolicy {
+    /// Production's values: 7 days for lid-mapping, pre-key, session and sender-key, 14 days for
+    /// the rest.
+    fn default() -> Self {
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let per_type = ["lid-mapping", "pre-key", "session", "sender-key"]
+            .into_iter()
+            .map(|t| (t.to_string(), week))
+            .collect();
+        TtlPolicy {
+            default: week * 2,
+            per_type,
+        }
+    }
+}
+
+impl TtlPolicy {
+    /// The TTL that applies to `key_type`.
+    pub fn ttl(&self, key_type: &str) -> Duration {
+        self.per_type.get(key_type).copied().unwrap_or(self.default)
+    }
+}
+
+/// Bounds of the in-memory read cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Most entries (keys, known-absent keys and creds) kept.
+    pub max_entries: usize,
+    /// Most bytes of value text kept.
+    pub max_bytes: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 200_000,
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Everything the store needs to run. Build it with [`Config::from_env`] or [`Config::from_url`]
+/// and adjust the public fields.
+#[derive(Clone)]
+pub struct Config {
+    /// Connection parameters (host, port, user, password, dbname...) without TLS settings.
+    pub pg: tokio_postgres::Config,
+    /// TLS mode.
+    pub ssl_mode: SslMode,
+    /// PEM file with the root certificate(s) the server must chain to (verify-ca/verify-full).
+    pub ssl_root_cert: Option<PathBuf>,
+    /// Most connections in the pool.
+    pub pool_size: usize,
+    /// Longest wait to open a connection or get one from the pool.
+    pub connect_timeout: Duration,
+    /// Longest a statement may run; also the client-side bound on any database call.
+    pub statement_timeout: Duration,
+    /// Connections idle for longer are closed.
+    pub idle_timeout: Option<Duration>,
+    /// Read cache bounds.
+    pub cache: CacheConfig,
+    /// TTL per key type.
+    pub ttl: TtlPolicy,
+    /// Coalesce concurrent writes into shared commits. Off means one transaction per call.
+    pub group_commit: bool,
+    /// Parallel writer lanes for group commit (calls of one company always use the same lane).
+    pub write_lanes: usize,
+    /// What writes do during an outage.
+    pub outage_policy: OutagePolicy,
+    /// Append-only journal for writes accepted during an outage; replayed on start.
+    pub journal_path: Option<PathBuf>,
+    /// Bound on writes kept during an outage (bytes of value text).
+    pub max_pending_bytes: usize,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("database", &self.describe())
+            .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("cache", &self.cache)
+            .field("group_commit", &self.group_commit)
+            .field("write_lanes", &self.write_lanes)
+            .field("outage_policy", &self.outage_policy)
+            .field("journal_path", &self.journal_path)
+            .field("max_pending_bytes", &self.max_pending_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Defaults around the given connection parameters.
+    pub fn new(pg: tokio_postgres::Config) -> Config {
+        Config {
+            pg,
+            ssl_mode: SslMode::Prefer,
+            ssl_root_cert: None,
+            pool_size: 20,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(600)),
+            cache: CacheConfig::default(),
+            ttl: TtlPolicy::default(),
+            group_commit: true,
+            write_lanes: 4,
+            outage_policy: OutagePolicy::Buffer,
+            journal_path: None,
+            max_pending_bytes: 64 * 1024 * 1024,
+        }
+    }
+
+    /// Reads `DATABASE_URL`, or the libpq `PG*` variables when it is not set, plus
+    /// `PGSSLMODE`/`PGSSLROOTCERT`.
+    pub fn from_env() -> Result<Config> {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.trim().is_empty() => Config::from_url(&url),
+            _ => Config::from_pg_env(),
+        }
+    }
+
+    /// Parses a `postgres://` URL or a libpq `key=value` string. Variables `PGSSLMODE` and
+    /// `PGSSLROOTCERT` fill in what the string does not say.
+    pub fn from_url(url: &str) -> Result<Config> {
+        let (rest, ssl) = split_ssl_params(url)?;
+        let pg = tokio_postgres::Config::from_str(&rest)
+            .map_err(|e| Error::invalid(format!("bad database URL: {e}")))?;
+        let mut cfg = Config::new(pg);
+        cfg.apply_ssl(ssl)?;
+        cfg.finish_pg();
+        Ok(cfg)
+    }
+
+    fn from_pg_env() -> Result<Config> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut pg = tokio_postgres::Config::new();
+        let host = var("PGHOST").unwrap_or_else(|| {
+            if std::path::Path::new("/var/run/postgresql").is_dir() {
+                "/var/run/postgresql".into()
+            } else {
+                "localhost".into()
+            }
+        });
+        for h in host.split(',') {
+            pg.host(h);
+        }
+        if let Some(p) = var("PGPORT") {
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| Error::invalid(format!("PGPORT is not a port: {p:?}")))?;
+            pg.port(port);
+        }
+        let user = var("PGUSER")
+            .or_else(|| var("USER"))
+            .unwrap_or_else(|| "postgres".into());
+        pg.user(&user);
+        if let Some(pw) = var("PGPASSWORD") {
+            pg.password(pw);
+        }
+        pg.dbname(var("PGDATABASE").unwrap_or(user));
+        if let Some(app) = var("PGAPPNAME") {
+            pg.application_name(&app);
+        }
+        let mut cfg = Config::new(pg);
+        if let Some(t) = var("PGCONNECT_TIMEOUT") {
+            let secs: u64 = t
+                .parse()
+                .map_err(|_| Error::invalid(format!("PGCONNECT_TIMEOUT is not seconds: {t:?}")))?;
+            cfg.connect_timeout = Duration::from_secs(secs.max(1));
+        }
+        cfg.apply_ssl(SslParams::default())?;
+        cfg.finish_pg();
+        Ok(cfg)
+    }
+
+    fn apply_ssl(&mut self, ssl: SslParams) -> Result<()> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let Some(mode) = ssl.mode.or_else(|| env("PGSSLMODE")) {
+            self.ssl_mode = mode.parse()?;
+        }
+        if let Some(root) = ssl.root_cert.or_else(|| env("PGSSLROOTCERT")) {
+            self.ssl_root_cert = Some(PathBuf::from(root));
+        }
+        if let Some(t) = ssl.connect_timeout {
+            self.connect_timeout = t;
+        }
+        Ok(())
+    }
+
+    fn finish_pg(&mut self) {
+        if self.pg.get_application_name().is_none() {
+            self.pg.application_name("authstate");
+        }
+    }
+
+    /// The connection described without its password, for logs and the health report:
+    /// `postgres://user@host:port/dbname?sslmode=...`.
+    pub fn describe(&self) -> String {
+        let user = self.pg.get_user().unwrap_or("");
+        let hosts: Vec<String> = self
+            .pg
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(s) => s.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+            .collect();
+        let ports: Vec<String> = self.pg.get_ports().iter().map(u16::to_string).collect();
+        let mode = match self.ssl_mode {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        };
+        format!(
+            "postgres://{user}@{}:{}/{}?sslmode={mode}",
+            hosts.join(","),
+            if ports.is_empty() {
+                "5432".to_string()
+            } else {
+                ports.join(",")
+            },
+            self.pg.get_dbname().unwrap_or("")
+        )
+    }
+}
+
+#[derive(Default)]
+struct SslParams {
+    mode: Option<String>,
+    root_cert: Option<String>,
+    connect_timeout: Option<Duration>,
+}
+
+/// Takes `sslmode`, `sslrootcert` and `connect_timeout` out of a URL or key=value string:
+/// tokio-postgres does not know verify-ca/verify-full nor sslrootcert.
+fn split_ssl_params(url: &str) -> Result<(String, SslParams)> {
+    let mut ssl = SslParams::default();
+    let mut take = |k: &str, v: String| -> Result<bool> {
+        match k {
+            "sslmode" => ssl.mode = Some(v),
+            "sslrootcert" => ssl.root_cert = Some(v),
+            "connect_timeout" => {
+                let secs: u64 = v
+                    .parse()
+                    .map_err(|_| Error::invalid(format!("connect_timeout is not seconds: {v:?}")))?;
+                ssl.connect_timeout = Some(Duration::from_secs(secs.max(1)));
+            }
+            "sslcert" | "sslkey" => {
+                return Err(Error::invalid(
+                    "client certificates (sslcert/sslkey) are not supported",
+                ))
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    };
+    let trimmed = url.trim();
+    if trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://") {
+        let Some((base, query)) = trimmed.split_once('?') else {
+            return Ok((trimmed.to_string(), ssl));
+        };
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode_str(v).decode_utf8_lossy().into_owned();
+            if !take(k, value)? {
+                kept.push(pair);
+            }
+        }
+        let rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        Ok((rest, ssl))
+    } else {
+        let mut kept = Vec::new();
+        for (k, v, raw) in key_value_pairs(trimmed)? {
+            if !take(&k, v)? {
+                kept.push(raw);
+            }
+        }
+        Ok((kept.join(" "), ssl))
+    }
+}
+
+/// Splits a libpq `key=value key='quoted value'` string, keeping each pair's raw text.
+fn key_value_pairs(s: &str) -> Result<Vec<(String, String, String)>> {
+    let mut out = Vec::new();
+    let chars: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        while i < chars.len() && chars[i].is_whitespace() {
+            i += 1;
+        }
+        if i >= chars.len() {
+            break;
+        }
+        let start = i;
+        let mut key = String::new();
+        while i < chars.len() && chars[i] != '=' && !chars[i].is_whitespace() {
+            key.push(chars[i]);
+            i += 1;
+        }
+        while i < chars.len() && chars[i].is_whitespace() {
+            i += 1;
+        }
+        if i >= chars.len() || chars[i] != '=' {
+            return Err(Error::invalid(format!(
+                "bad connection string near {key:?}: expected key=value"
+            )));
+        }
+        i += 1;
+        while i < chars.len() && chars[i].is_whitespace() {
+            i += 1;
+        }
+        let mut value = String::new();
+        if i < chars.len() && chars[i] == '\'' {
+            i += 1;
+            while i < chars.len() && chars[i] != '\'' {
+                if chars[i] == '\\' && i + 1 < chars.len() {
+                    i += 1;
+                }
+                value.push(chars[i]);
+                i += 1;
+            }
+            if i >= chars.len() {
+                return Err(Error::invalid("bad connection string: unterminated quote"));
+            }
+            i += 1;
+        } else {
+            while i < chars.len() && !chars[i].is_whitespace() {
+                if chars[i] == '\\' && i + 1 < chars.len() {
+                    i += 1;
+                }
+                value.push(chars[i]);
+                i += 1;
+            }
+        }
+        out.push((key, value, chars[start..i].iter().collect()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_with_verify_full() {
+        let c = Config::from_url(
+            "postgres://app:s3cret@db.example.com:6432/wa?sslmode=verify-full&sslrootcert=%2Fetc%2Froot.crt&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(c.ssl_mode, SslMode::VerifyFull);
+        assert_eq!(c.ssl_root_cert, Some(PathBuf::from("/etc/root.crt")));
+        assert_eq!(c.pg.get_dbname(), Some("wa"));
+        assert_eq!(c.pg.get_ports(), &[6432]);
+        assert_eq!(c.pg.get_application_name(), Some("x"));
+    }
+
+    #[test]
+    fn password_never_in_debug_or_describe() {
+        let c = Config::from_url("postgres://app:s3cret@localhost/wa").unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(!c.describe().contains("s3cret"));
+        let c = Config::from_url("host=localhost password='s3 cret' dbname=wa sslmode=require")
+            .unwrap();
+        assert!(!format!("{c:?}").contains("s3 cret"));
+        assert_eq!(c.ssl_mode, SslMode::Require);
+        assert_eq!(c.pg.get_password(), Some("s3 cret".as_bytes()));
+    }
+
+    #[test]
+    fn bad_sslmode_is_refused() {
+        let e = Config::from_url("postgres://localhost/x?sslmode=maybe").unwrap_err();
+        assert_eq!(e.code(), "INVALID_ARGUMENT");
+    }
+
+    #[test]
+    fn ttl_defaults() {
+        let t = TtlPolicy::default();
+        assert_eq!(t.ttl("session"), Duration::from_secs(7 * 86400));
+        assert_eq!(t.ttl("app-state-sync-key"), Duration::from_secs(14 * 86400));
+    }
+}

@@ -1,0 +1,286 @@
+//! [`Session`]: one company's auth state, the object Baileys' `keys.get`/`keys.set` and
+//! `saveCreds` map onto.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_postgres::types::Type;
+
+use crate::cache;
+use crate::error::{Error, Result};
+use crate::store::{discard_if_broken, Company, Inner};
+use crate::validate;
+use crate::value::{parse_writes, KeyWrite, StoredValue};
+use crate::writer::{Op, WriteTicket};
+
+/// One company's state: creds and Signal keys. Cheap to clone; clones share the company's
+/// write order and cache.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+    company: Arc<Company>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("company_id", &&*self.company.id)
+            .finish_non_exhaustive()
+    }
+}
+
+const GET_SQL: &str = "SELECT key_id, value::text FROM whatsapp_keys
+    WHERE company_id = $1 AND key_type = $2 AND key_id = ANY($3::text[])";
+const CREDS_SQL: &str = "SELECT creds::text FROM whatsapp_auth WHERE company_id = $1";
+
+impl Session {
+    pub(crate) fn new(inner: Arc<Inner>, company: Arc<Company>) -> Session {
+        Session { inner, company }
+    }
+
+    /// The validated company id.
+    pub fn company_id(&self) -> &str {
+        &self.company.id
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.is_closed() {
+            return Err(Error::Closed("the store is closed".into()));
+        }
+        Ok(())
+    }
+
+    /// Loads the creds object, `None` when the company has none yet. Served from memory when
+    /// cached (also during an outage).
+    pub async fn load_creds(&self) -> Result<Option<StoredValue>> {
+        self.check_open()?;
+        let started = Instant::now();
+        let result = self.load_creds_inner().await;
+        self.inner
+            .metrics
+            .record("creds_load", started.elapsed(), result.is_ok());
+        result
+    }
+
+    async fn load_creds_inner(&self) -> Result<Option<StoredValue>> {
+        let key = cache::creds_key(&self.company.id);
+        if let Some(v) = self.inner.outage.overlay_get(&self.company.id, &key) {
+            return Ok(v);
+        }
+        if let Some(v) = self.inner.cache.get(&key) {
+            return Ok(v);
+        }
+        self.inner.outage.check_reads()?;
+        let epoch = self.company.epoch();
+        let rows = self
+            .query(CREDS_SQL, &[Type::TEXT], &[&&*self.company.id])
+            .await?;
+        let value = match rows.first() {
+            Some(row) => Some(StoredValue::from_db(row.get::<_, &str>(0))?),
+            None => None,
+        };
+        if self.company.epoch() == epoch {
+            self.inner.cache.put(key, value.clone());
+            self.company.set_last_creds(value.clone());
+        }
+        Ok(value)
+    }
+
+    /// Saves the creds object; returns `false` without touching the database when it equals
+    /// what was last loaded or saved.
+    pub async fn save_creds(&self, creds: StoredValue) -> Result<bool> {
+        match self.save_creds_begin(creds)? {
+            None => Ok(false),
+            Some(t) => t.wait().await.map(|()| true),
+        }
+    }
+
+    /// Enqueues a creds save (call order is commit order); `None` when unchanged.
+    pub fn save_creds_begin(&self, creds: StoredValue) -> Result<Option<WriteTicket>> {
+        self.check_open()?;
+        if self.company.last_creds().as_ref() == Some(&creds) {
+            return Ok(None);
+        }
+        self.timed("creds_save", Op::Creds(creds)).map(Some)
+    }
+
+    /// Reads the values of `ids` of one key type with one query for whatever the cache does not
+    /// hold. Ids that do not exist are absent from the answer; a database failure is an error,
+    /// never an empty answer. The answer follows the order of `ids`, without duplicates.
+    pub async fn get(&self, key_type: &str, ids: &[String]) -> Result<Vec<(String, StoredValue)>> {
+        self.check_open()?;
+        let started = Instant::now();
+        let result = self.get_inner(key_type, ids).await;
+        self.inner
+            .metrics
+            .record("get", started.elapsed(), result.is_ok());
+        result
+    }
+
+    async fn get_inner(&self, key_type: &str, ids: &[String]) -> Result<Vec<(String, StoredValue)>> {
+        validate::key_type(key_type)?;
+        if ids.len() > validate::MAX_IDS_PER_GET {
+            return Err(Error::invalid(format!(
+                "get: more than {} ids in one call",
+                validate::MAX_IDS_PER_GET
+            )));
+        }
+        for id in ids {
+            validate::key_id(id)?;
+        }
+        let mut seen = HashSet::with_capacity(ids.len());
+        let mut known: Vec<(&str, Option<StoredValue>)> = Vec::with_capacity(ids.len());
+        let mut missing: Vec<&str> = Vec::new();
+        for id in ids {
+            if !seen.insert(id.as_str()) {
+                continue;
+            }
+            let key = cache::key_of(&self.company.id, key_type, id);
+            let hit = self
+                .inner
+                .outage
+                .overlay_get(&self.company.id, &key)
+                .or_else(|| self.inner.cache.get(&key));
+            match hit {
+                Some(v) => known.push((id, v)),
+                None => {
+                    missing.push(id);
+                    known.push((id, None));
+                }
+            }
+        }
+        if !missing.is_empty() {
+            self.inner.outage.check_reads()?;
+            let epoch = self.company.epoch();
+            let rows = self
+                .query(
+                    GET_SQL,
+                    &[Type::TEXT, Type::TEXT, Type::TEXT_ARRAY],
+                    &[&&*self.company.id, &key_type, &missing],
+                )
+                .await?;
+            let mut found = std::collections::HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let id: &str = row.get(0);
+                found.insert(id.to_string(), StoredValue::from_db(row.get::<_, &str>(1))?);
+            }
+            let fill_cache = self.company.epoch() == epoch;
+            for slot in known.iter_mut() {
+                if slot.1.is_none() {
+                    if let Some(v) = found.get(slot.0) {
+                        slot.1 = Some(v.clone());
+                    }
+                }
+            }
+            if fill_cache {
+                for id in &missing {
+                    self.inner.cache.put(
+                        cache::key_of(&self.company.id, key_type, id),
+                        found.get(*id).cloned(),
+                    );
+                }
+            }
+        }
+        Ok(known
+            .into_iter()
+            .filter_map(|(id, v)| v.map(|v| (id.to_string(), v)))
+            .collect())
+    }
+
+    /// [`Session::get`] as one JSON object text, `{"id": value, ...}`, for the bindings.
+    pub async fn get_json(&self, key_type: &str, ids: &[String]) -> Result<String> {
+        let found = self.get(key_type, ids).await?;
+        let mut out = String::with_capacity(2 + found.iter().map(|(i, v)| i.len() + v.len() + 4).sum::<usize>());
+        out.push('{');
+        for (n, (id, v)) in found.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            out.push_str(&serde_json::to_string(id)?);
+            out.push(':');
+            out.push_str(v.as_str());
+        }
+        out.push('}');
+        Ok(out)
+    }
+
+    /// Applies upserts and deletes atomically; returns after the commit.
+    pub async fn set(&self, writes: Vec<KeyWrite>) -> Result<()> {
+        self.set_begin(writes)?.wait().await
+    }
+
+    /// Enqueues a `set` (validated already by [`KeyWrite`]); call order is commit order.
+    pub fn set_begin(&self, writes: Vec<KeyWrite>) -> Result<WriteTicket> {
+        self.check_open()?;
+        if writes.len() > validate::MAX_KEYS_PER_SET {
+            return Err(Error::invalid(format!(
+                "set: more than {} keys in one call",
+                validate::MAX_KEYS_PER_SET
+            )));
+        }
+        if writes.is_empty() {
+            return Ok(WriteTicket::done());
+        }
+        self.timed("set", Op::Keys(writes))
+    }
+
+    /// Parses Baileys' `{"type": {"id": value | null}}` and applies it like [`Session::set`].
+    pub async fn set_json(&self, json: &str) -> Result<()> {
+        self.set_json_begin(json)?.wait().await
+    }
+
+    /// Parses and enqueues a JSON `set`; nothing is enqueued if any part is invalid.
+    pub fn set_json_begin(&self, json: &str) -> Result<WriteTicket> {
+        self.set_begin(parse_writes(json)?)
+    }
+
+    /// Deletes every key and the creds of this company.
+    pub async fn clear(&self) -> Result<()> {
+        self.clear_begin()?.wait().await
+    }
+
+    /// Enqueues a `clear`; call order is commit order.
+    pub fn clear_begin(&self) -> Result<WriteTicket> {
+        self.check_open()?;
+        self.timed("clear", Op::Clear)
+    }
+
+    /// Submits `op` and records its latency (enqueue to commit) under `kind`.
+    fn timed(&self, kind: &'static str, op: Op) -> Result<WriteTicket> {
+        let ticket = self.inner.submit(&self.company, op)?;
+        Ok(ticket.timed(self.inner.clone(), kind))
+    }
+
+    async fn query(
+        &self,
+        sql: &str,
+        types: &[Type],
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let bound = self.inner.call_timeout();
+        let client = match self.inner.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.inner.on_error(&e);
+                return Err(e);
+            }
+        };
+        let fut = async {
+            let stmt = client.prepare_typed_cached(sql, types).await?;
+            Ok::<_, Error>(client.query(&stmt, params).await?)
+        };
+        let result = match tokio::time::timeout(bound, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(format!(
+                "read did not finish within {} ms",
+                bound.as_millis()
+            ))),
+        };
+        if let Err(e) = &result {
+            self.inner.on_error(e);
+            discard_if_broken(client, e);
+        }
+        result
+    }
+}

@@ -1,0 +1,330 @@
+//! [`Store`]: the connection pool, the writer lanes, the cache, metrics and outage state that
+//! all sessions of a process share.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::cache::Cache;
+use crate::config::{Config, SslMode};
+use crate::error::{Error, Result};
+use crate::metrics::{Metrics, MetricsSnapshot, PoolStats};
+use crate::migrate::{self, MigrationReport};
+use crate::outage::{CloseReport, Outage};
+use crate::session::Session;
+use crate::validate;
+use crate::value::StoredValue;
+use crate::writer::{self, Op, Request, WriteTicket};
+
+/// The shared state of one company: its write order epoch and last known creds.
+pub(crate) struct Company {
+    pub(crate) id: Arc<str>,
+    /// Bumped on every commit of this company; a read fills the cache only when the epoch did
+    /// not move while it ran, so a slow read never overwrites a newer write.
+    epoch: AtomicU64,
+    last_creds: Mutex<Option<StoredValue>>,
+    /// The lane this company's writes go through.
+    lane: usize,
+}
+
+impl Company {
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+    pub(crate) fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+    pub(crate) fn last_creds(&self) -> Option<StoredValue> {
+        self.last_creds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    pub(crate) fn set_last_creds(&self, v: Option<StoredValue>) {
+        *self.last_creds.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pool: Pool,
+    pub(crate) cache: Cache,
+    pub(crate) metrics: Metrics,
+    pub(crate) outage: Outage,
+    companies: Mutex<HashMap<Arc<str>, Weak<Company>>>,
+    lanes: RwLock<Vec<mpsc::UnboundedSender<Request>>>,
+    lane_count: usize,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+impl Inner {
+    /// A pooled connection, or `Unavailable`/`Timeout` within the connect timeout.
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
+        match tokio::time::timeout(self.config.connect_timeout, self.pool.get()).await {
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(Error::Timeout(format!(
+                "no database connection within {} ms",
+                self.config.connect_timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Client-side bound on one database call: a hung network fails within it.
+    pub(crate) fn call_timeout(&self) -> Duration {
+        self.config.statement_timeout + self.config.connect_timeout
+    }
+
+    /// The shared state of `id`, created on first use.
+    pub(crate) fn company(&self, id: &str) -> Arc<Company> {
+        let mut map = self.companies.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(id).and_then(Weak::upgrade) {
+            return c;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        id.hash(&mut h);
+        let company = Arc::new(Company {
+            id: Arc::from(id),
+            epoch: AtomicU64::new(0),
+            last_creds: Mutex::new(None),
+            lane: (h.finish() % self.lane_count as u64) as usize,
+        });
+        map.insert(company.id.clone(), Arc::downgrade(&company));
+        company
+    }
+
+    /// Enqueues a write on its company's lane; returns the ticket that resolves after commit.
+    pub(crate) fn submit(&self, company: &Arc<Company>, op: Op) -> Result<WriteTicket> {
+        let (tx, rx) = oneshot::channel();
+        let lanes = self.lanes.read().unwrap_or_else(|p| p.into_inner());
+        let lane = lanes
+            .get(company.lane)
+            .ok_or_else(|| Error::Closed("the store is closed".into()))?;
+        lane.send(Request {
+            company: company.clone(),
+            op,
+            reply: tx,
+        })
+        .map_err(|_| Error::Closed("the store is closed".into()))?;
+        Ok(WriteTicket::new(rx))
+    }
+
+    /// Records a failed database call; connectivity failures start outage mode.
+    pub(crate) fn on_error(self: &Arc<Self>, e: &Error) {
+        if e.is_unavailable() {
+            self.outage.enter(e);
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Drops a connection that failed in a way that may leave it unusable, instead of returning
+/// it to the pool (a timed-out query may still be running on it).
+pub(crate) fn discard_if_broken(client: deadpool_postgres::Object, e: &Error) {
+    if e.is_unavailable() {
+        drop(deadpool_postgres::Object::take(client));
+    }
+}
+
+/// The store: open once per process, then open a [`Session`] per company.
+///
+/// Cheap to clone; all clones share the pool, cache and writers.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("database", &self.inner.config.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens the pool and starts the writer lanes on the current tokio runtime.
+    ///
+    /// It connects once to fail fast on a wrong URL or password. A journal left by a crashed
+    /// process (see [`Config::journal_path`]) is replayed before anything else; if the
+    /// database is down then, the store starts in outage mode with those writes pending.
+    pub async fn open(config: Config) -> Result<Store> {
+        let mut pg = config.pg.clone();
+        pg.connect_timeout(config.connect_timeout);
+        pg.keepalives(true);
+        pg.keepalives_idle(Duration::from_secs(30));
+        if !config.statement_timeout.is_zero() {
+            pg.options(format!(
+                "-c statement_timeout={}",
+                config.statement_timeout.as_millis()
+            ));
+        }
+        pg.ssl_mode(match config.ssl_mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        let mgr_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match crate::tls::connector(&config)? {
+            Some(tls) => Manager::from_config(pg, tls, mgr_config),
+            None => Manager::from_config(pg, tokio_postgres::NoTls, mgr_config),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .build()
+            .map_err(|e| Error::internal(format!("pool: {e}")))?;
+        let lane_count = if config.group_commit {
+            config.write_lanes.max(1)
+        } else {
+            config.pool_size.max(1)
+        };
+        let outage = Outage::new(&config)?;
+        let inner = Arc::new(Inner {
+            cache: Cache::new(config.cache),
+            metrics: Metrics::default(),
+            outage,
+            companies: Mutex::new(HashMap::new()),
+            lanes: RwLock::new(Vec::new()),
+            lane_count,
+            tasks: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+            pool,
+            config,
+        });
+        let had_journal = inner.outage.load_journal(&inner)?;
+        // Fail fast on a wrong address or password; an unreachable server with a journal to
+        // replay starts in outage mode instead, so the journal is never ignored.
+        match inner.client().await {
+            Ok(_) => {}
+            Err(e) if had_journal && e.is_unavailable() => inner.outage.enter(&e),
+            Err(e) => return Err(e),
+        }
+        let mut senders = Vec::with_capacity(lane_count);
+        let mut tasks = Vec::with_capacity(lane_count + 2);
+        for _ in 0..lane_count {
+            let (tx, rx) = mpsc::unbounded_channel();
+            senders.push(tx);
+            tasks.push(tokio::spawn(writer::lane(
+                inner.clone(),
+                rx,
+                inner.config.group_commit,
+            )));
+        }
+        *inner.lanes.write().unwrap_or_else(|p| p.into_inner()) = senders;
+        tasks.push(tokio::spawn(crate::outage::reconnect_loop(Arc::downgrade(
+            &inner,
+        ))));
+        if let Some(idle) = inner.config.idle_timeout {
+            tasks.push(tokio::spawn(reap_idle(Arc::downgrade(&inner), idle)));
+        }
+        *inner.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        if had_journal {
+            // Replay before anything else; if it fails the reconnect loop keeps trying.
+            let _ = crate::outage::try_recover(&inner).await;
+        }
+        Ok(Store { inner })
+    }
+
+    /// Applies pending migrations (see [`crate::migrate`]).
+    pub async fn migrate(&self) -> Result<MigrationReport> {
+        let started = Instant::now();
+        let mut client = self.inner.client().await?;
+        let result = migrate::run(&mut client).await;
+        self.inner
+            .metrics
+            .record("migrate", started.elapsed(), result.is_ok());
+        result
+    }
+
+    /// Opens the state of one company. The id is validated (`[A-Za-z0-9_-]{1,50}`).
+    pub async fn session(&self, company_id: &str) -> Result<Session> {
+        validate::company_id(company_id)?;
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed("the store is closed".into()));
+        }
+        Ok(Session::new(self.inner.clone(), self.inner.company(company_id)))
+    }
+
+    /// The connection described without its password.
+    pub fn describe(&self) -> String {
+        self.inner.config.describe()
+    }
+
+    /// The configuration the store runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Counts, latencies, pool, cache and outage state; no database round trip.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let status = self.inner.pool.status();
+        MetricsSnapshot {
+            ops: self.inner.metrics.ops(),
+            pool: PoolStats {
+                max_size: status.max_size,
+                size: status.size,
+                available: status.available,
+                waiting: status.waiting,
+            },
+            cache: self.inner.cache.stats(),
+            outage: self.inner.outage.status(),
+        }
+    }
+
+    /// Finishes queued writes, flushes writes kept during an outage (one attempt), closes the
+    /// pool. The report lists exactly what could not be flushed; those writes stay in the
+    /// journal, when one is configured, for the next start.
+    pub async fn close(&self) -> Result<CloseReport> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(CloseReport::default());
+        }
+        // Dropping the senders lets each lane drain its queue and stop.
+        self.inner
+            .lanes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let (lanes, background): (Vec<_>, Vec<_>) = tasks
+            .into_iter()
+            .enumerate()
+            .partition(|(i, _)| *i < self.inner.lane_count);
+        for (_, t) in background {
+            t.abort();
+        }
+        for (_, t) in lanes {
+            let _ = t.await;
+        }
+        let report = self.inner.outage.flush_on_close(&self.inner).await;
+        self.inner.pool.close();
+        Ok(report)
+    }
+}
+
+/// Closes connections idle for longer than `idle`, every `idle / 2`.
+async fn reap_idle(inner: Weak<Inner>, idle: Duration) {
+    let period = (idle / 2).max(Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner
+            .pool
+            .retain(|_, m| m.last_used() < idle);
+    }
+}

@@ -1,0 +1,212 @@
+//! The value types that cross the API: a canonical stored value and one key write.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::validate;
+
+/// A value (or creds) in canonical form, kept as its JSON text: buffers are
+/// `{"type":"Buffer","data":"<base64>"}`, everything else as given.
+///
+/// Cheap to clone (an `Arc<str>`). The text is what PostgreSQL stores, what the cache holds and
+/// what the C and Node bindings hand out, so a read served from memory costs no re-encoding.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct StoredValue(Arc<str>);
+
+impl StoredValue {
+    /// Parses JSON text, revives every buffer shape into the canonical one and checks the size
+    /// bound ([`validate::MAX_VALUE_BYTES`]).
+    pub fn from_json(text: &str) -> Result<StoredValue> {
+        if text.len() > validate::MAX_VALUE_BYTES * 4 {
+            return Err(too_big(text.len()));
+        }
+        let value: Value = serde_json::from_str(text)?;
+        StoredValue::from_value(value)
+    }
+
+    /// Canonicalizes a JSON tree and checks the size bound.
+    pub fn from_value(mut value: Value) -> Result<StoredValue> {
+        codec::canonicalize(&mut value)?;
+        let text = serde_json::to_string(&value)?;
+        if text.len() > validate::MAX_VALUE_BYTES {
+            return Err(too_big(text.len()));
+        }
+        Ok(StoredValue(text.into()))
+    }
+
+    /// Wraps text read back from PostgreSQL, reviving any legacy buffer shape in it. Rows too
+    /// big for a write are still returned: refusing to read stored data would lose it.
+    pub(crate) fn from_db(text: &str) -> Result<StoredValue> {
+        let mut value: Value = serde_json::from_str(text)
+            .map_err(|e| Error::Database(format!("stored value is not JSON: {e}")))?;
+        codec::canonicalize(&mut value)
+            .map_err(|e| Error::Database(format!("stored value cannot be revived: {e}")))?;
+        Ok(StoredValue(serde_json::to_string(&value)?.into()))
+    }
+
+    /// The canonical JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The JSON tree (buffers as canonical buffer nodes; see [`codec::buffer_bytes`]).
+    pub fn to_value(&self) -> Value {
+        // The text was produced by serde_json from a Value, so it always parses.
+        serde_json::from_str(&self.0).unwrap_or(Value::Null)
+    }
+
+    /// Size of the text in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true for a value that came through [`StoredValue::from_json`]; present for clippy.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for StoredValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoredValue({})", validate::truncate(&self.0, 120))
+    }
+}
+
+impl fmt::Display for StoredValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn too_big(len: usize) -> Error {
+    Error::invalid(format!(
+        "value is {len} bytes of JSON, the limit is {}",
+        validate::MAX_VALUE_BYTES
+    ))
+}
+
+/// One key write of a `set`: a new value, or `None` to delete the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyWrite {
+    pub(crate) key_type: String,
+    pub(crate) key_id: String,
+    pub(crate) value: Option<StoredValue>,
+}
+
+impl KeyWrite {
+    /// Upsert `value` under `(key_type, key_id)`; both are validated here.
+    pub fn put(key_type: &str, key_id: &str, value: StoredValue) -> Result<KeyWrite> {
+        KeyWrite::new(key_type, key_id, Some(value))
+    }
+
+    /// Delete `(key_type, key_id)`; deleting a missing key is not an error.
+    pub fn delete(key_type: &str, key_id: &str) -> Result<KeyWrite> {
+        KeyWrite::new(key_type, key_id, None)
+    }
+
+    fn new(key_type: &str, key_id: &str, value: Option<StoredValue>) -> Result<KeyWrite> {
+        validate::key_type(key_type)?;
+        validate::key_id(key_id)?;
+        Ok(KeyWrite {
+            key_type: key_type.to_string(),
+            key_id: key_id.to_string(),
+            value,
+        })
+    }
+
+    /// The key type.
+    pub fn key_type(&self) -> &str {
+        &self.key_type
+    }
+    /// The key id.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+    /// The new value, or `None` for a delete.
+    pub fn value(&self) -> Option<&StoredValue> {
+        self.value.as_ref()
+    }
+}
+
+/// Parses Baileys' `keys.set` argument, `{"type": {"id": value | null}}`, into writes.
+///
+/// Everything is validated before anything is written: one bad id refuses the whole call.
+pub fn parse_writes(json: &str) -> Result<Vec<KeyWrite>> {
+    let root: Value = serde_json::from_str(json)?;
+    let Value::Object(types) = root else {
+        return Err(Error::invalid(
+            "set expects an object {type: {id: value | null}}",
+        ));
+    };
+    let mut writes = Vec::new();
+    for (key_type, ids) in types {
+        let Value::Object(ids) = ids else {
+            return Err(Error::invalid(format!(
+                "set: the entry for type {:?} must be an object {{id: value | null}}",
+                validate::truncate(&key_type, 80)
+            )));
+        };
+        for (key_id, value) in ids {
+            let value = match value {
+                Value::Null => None,
+                v => Some(StoredValue::from_value(v)?),
+            };
+            writes.push(KeyWrite::new(&key_type, &key_id, value)?);
+            if writes.len() > validate::MAX_KEYS_PER_SET {
+                return Err(Error::invalid(format!(
+                    "set: more than {} keys in one call",
+                    validate::MAX_KEYS_PER_SET
+                )));
+            }
+        }
+    }
+    Ok(writes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_writes_puts_and_deletes() {
+        let w = parse_writes(
+            r#"{"pre-key":{"1":{"public":{"type":"Buffer","data":[1,2]}},"2":null},"session":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            w[0].value().unwrap().as_str(),
+            r#"{"public":{"type":"Buffer","data":"AQI="}}"#
+        );
+        assert!(w[1].value().is_none());
+    }
+
+    #[test]
+    fn parse_writes_refuses_bad_input() {
+        for bad in [
+            "[]",
+            "nope",
+            r#"{"Pre Key":{"1":1}}"#,
+            r#"{"pre-key":{"":1}}"#,
+            r#"{"pre-key":[1]}"#,
+            r#"{"pre-key":{"a\u0000b":1}}"#,
+            r#"{"pre-key":{"1":"x\u0000"}}"#,
+        ] {
+            let e = parse_writes(bad).unwrap_err();
+            assert_eq!(e.code(), "INVALID_ARGUMENT", "{bad}");
+        }
+    }
+
+    #[test]
+    fn oversized_values_are_refused() {
+        let big = format!("\"{}\"", "a".repeat(validate::MAX_VALUE_BYTES));
+        assert_eq!(
+            StoredValue::from_json(&big).unwrap_err().code(),
+            "INVALID_ARGUMENT"
+        );
+    }
+}
