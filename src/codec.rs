@@ -40,13 +40,7 @@ pub fn buffer_bytes(value: &Value) -> Option<Vec<u8>> {
 /// True when `value` is a buffer node already in the canonical shape.
 pub fn is_canonical_buffer(value: &Value) -> bool {
     match value {
-        Value::Object(m) => {
-            m.len() == 2
-                && m.get("type").and_then(Value::as_str) == Some("Buffer")
-                && m.get("data")
-                    .and_then(Value::as_str)
-                    .is_some_and(|s| STANDARD.decode(s).is_ok())
-        }
+        Value::Object(m) => is_canonical_buffer_map(m),
         _ => false,
     }
 }
@@ -91,7 +85,8 @@ fn check_no_nul(s: &str) -> Result<()> {
 }
 
 fn is_canonical_buffer_map(m: &Map<String, Value>) -> bool {
-    m.len() == 2
+    // Key order too: jsonb gives {"data":..,"type":..} back, which must be rebuilt.
+    m.keys().map(String::as_str).eq(["type", "data"])
         && m.get("type").and_then(Value::as_str) == Some("Buffer")
         && m.get("data")
             .and_then(Value::as_str)
@@ -163,20 +158,14 @@ fn parse_int_is_number(k: &str) -> bool {
 fn is_js_whitespace(c: char) -> bool {
     matches!(
         c,
-        '\t' | '\n'
-            | '\u{b}'
-            | '\u{c}'
-            | '\r'
-            | ' '
-            | '\u{a0}'
-            | '\u{1680}'
-            | '\u{2000}'..='\u{200a}'
-            | '\u{2028}'
-            | '\u{2029}'
-            | '\u{202f}'
-            | '\u{205f}'
-            | '\u{3000}'
-            | '\u{feff}'
+        '\t' | '\n' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{a0}' | '\u{1680}' | '\u{2000}'
+            ..='\u{200a}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202f}'
+                | '\u{205f}'
+                | '\u{3000}'
+                | '\u{feff}'
     )
 }
 
@@ -258,7 +247,8 @@ mod tests {
 
     #[test]
     fn nested_buffers_revive_at_any_depth() {
-        let v = json!({"a":[{"b":{"type":"Buffer","data":[7]}}],"c":{"buffer":true,"value":"CA=="}});
+        let v =
+            json!({"a":[{"b":{"type":"Buffer","data":[7]}}],"c":{"buffer":true,"value":"CA=="}});
         assert_eq!(
             canon(v),
             json!({"a":[{"b":{"type":"Buffer","data":"Bw=="}}],"c":{"type":"Buffer","data":"CA=="}})
@@ -306,6 +296,18 @@ mod tests {
         assert!(canonicalize(&mut v).is_err());
         let mut v = json!({"a\u{0}": 1});
         assert!(canonicalize(&mut v).is_err());
+    }
+
+    #[test]
+    fn jsonb_key_order_is_rebuilt() {
+        // jsonb sorts keys: what PostgreSQL gives back must come out in Baileys' order.
+        let mut v: Value = serde_json::from_str(r#"{"data":"AQI=","type":"Buffer"}"#).unwrap();
+        assert!(!is_canonical_buffer(&v));
+        canonicalize(&mut v).unwrap();
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"type":"Buffer","data":"AQI="}"#
+        );
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub const MIGRATIONS: &[Migration] = &[
 const LOCK_KEY: i64 = 0x6175_7468_7374_6174;
 
 /// What [`run`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MigrationReport {
     /// Versions applied by this call.
     pub applied: Vec<i64>,
@@ -61,8 +61,11 @@ pub async fn run(client: &mut tokio_postgres::Client) -> Result<MigrationReport>
     let mut report = MigrationReport::default();
     for m in MIGRATIONS {
         let tx = client.transaction().await?;
-        tx.query_typed("SELECT pg_advisory_xact_lock($1)", &[(&LOCK_KEY, Type::INT8)])
-            .await?;
+        tx.query_typed(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[(&LOCK_KEY, Type::INT8)],
+        )
+        .await?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                 version    bigint PRIMARY KEY,

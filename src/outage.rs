@@ -5,8 +5,9 @@
 //! [`Error::Unavailable`] for anything else; writes are, by policy, either kept in a bounded
 //! pending log (appended and fsynced to the journal first, when one is configured) and
 //! acknowledged, or refused with [`Error::ReadOnly`]. A background task probes with
-//! exponential backoff and jitter, replays the pending writes in order in one transaction, and
-//! only then goes back "up". On start, a journal left by a crashed process is loaded as pending
+//! exponential backoff and jitter, replays the pending writes in order (whole calls, in
+//! transactions of up to [`writer::MAX_BATCH_KEYS`] keys, one replay at a time), and only then
+//! goes back "up". On start, a journal left by a crashed process is loaded as pending
 //! writes and replayed before anything else.
 
 use std::collections::{HashMap, HashSet};
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::Notify;
+use tokio::sync::{Mutex as AsyncMutex, Notify};
 
 use crate::cache::{self, Cached};
 use crate::config::{Config, OutagePolicy};
@@ -105,6 +106,10 @@ pub(crate) struct Outage {
     state: Mutex<State>,
     wake: Arc<Notify>,
     journal: Option<Mutex<Journal>>,
+    /// Held by [`try_recover`]: two replays at once (the reconnect loop and `Store::open` or
+    /// `close`) would commit the same calls twice, the second one over newer writes made after
+    /// the first finished, and drain the pending log twice.
+    recovering: AsyncMutex<()>,
 }
 
 impl Outage {
@@ -122,6 +127,7 @@ impl Outage {
             state: Mutex::new(State::default()),
             wake: Arc::new(Notify::new()),
             journal,
+            recovering: AsyncMutex::new(()),
         })
     }
 
@@ -179,7 +185,11 @@ impl Outage {
 
     /// Keeps (or refuses, by policy) a batch of writes while down. Returns the batch back when
     /// the outage ended in the meantime, so the caller commits it normally.
-    pub(crate) fn divert(&self, batch: Vec<Request>, cause: Option<&Error>) -> Option<Vec<Request>> {
+    pub(crate) fn divert(
+        &self,
+        batch: Vec<Request>,
+        cause: Option<&Error>,
+    ) -> Option<Vec<Request>> {
         let mut st = self.lock();
         if !self.is_down() {
             return Some(batch);
@@ -198,15 +208,26 @@ impl Outage {
             }
             return None;
         }
-        let bytes: usize = batch.iter().map(|r| r.op.bytes()).sum();
-        if st.pending_bytes + bytes > self.max_pending_bytes {
-            let err = Error::Backlog(format!(
-                "{} bytes of writes are pending during the outage, the bound is {}",
-                st.pending_bytes, self.max_pending_bytes
-            ));
-            for r in batch {
-                let _ = r.reply.send(Err(err.clone()));
+        // The bound is decided per call (a group-commit batch merges several callers): a call
+        // is kept whole or refused whole.
+        let mut room = self.max_pending_bytes.saturating_sub(st.pending_bytes);
+        let mut batch_kept = Vec::with_capacity(batch.len());
+        for r in batch {
+            let bytes = r.op.bytes();
+            if bytes <= room {
+                room -= bytes;
+                batch_kept.push(r);
+            } else {
+                let _ = r.reply.send(Err(Error::Backlog(format!(
+                    "{} bytes of writes are pending during the outage, the bound is {}; \
+                     this call needs {bytes} more",
+                    self.max_pending_bytes - room,
+                    self.max_pending_bytes
+                ))));
             }
+        }
+        let batch = batch_kept;
+        if batch.is_empty() {
             return None;
         }
         if let Some(j) = &self.journal {
@@ -273,9 +294,9 @@ impl Outage {
                 t.duration_since(UNIX_EPOCH)
                     .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             }),
-            down_for_ms: st
-                .since
-                .map_or(0, |(i, _)| u64::try_from(i.elapsed().as_millis()).unwrap_or(u64::MAX)),
+            down_for_ms: st.since.map_or(0, |(i, _)| {
+                u64::try_from(i.elapsed().as_millis()).unwrap_or(u64::MAX)
+            }),
             last_error: st.last_error.clone(),
             pending_calls: st.pending.len(),
             pending_bytes: st.pending_bytes,
@@ -350,12 +371,33 @@ fn overlay_apply(st: &mut State, company: &Arc<Company>, op: &Op) {
     }
 }
 
-/// Replays what is pending (in order, in one transaction) and, once nothing is pending and
-/// the database answers, ends the outage.
+/// Replays what is pending (in order, whole calls per transaction) and, once nothing is
+/// pending and the database answers, ends the outage. Replays never run concurrently.
 pub(crate) async fn try_recover(inner: &Arc<Inner>) -> Result<()> {
     let outage = &inner.outage;
+    let _one_at_a_time = outage.recovering.lock().await;
+    if !outage.is_down() {
+        // Another caller recovered while we waited for the lock.
+        return Ok(());
+    }
     loop {
-        let snapshot: Vec<PendingCall> = outage.lock().pending.clone();
+        // Replay in bounded chunks of whole calls (each its own transaction, in order), so a
+        // long outage's backlog does not turn into one statement that never finishes within
+        // the statement timeout. A crash between chunks only replays the journal again from
+        // its start, which rewrites the same values in the same order.
+        let snapshot: Vec<PendingCall> = {
+            let st = outage.lock();
+            let mut keys = 0;
+            st.pending
+                .iter()
+                .take_while(|p| {
+                    let first = keys == 0;
+                    keys += p.1.weight();
+                    first || keys <= writer::MAX_BATCH_KEYS
+                })
+                .cloned()
+                .collect()
+        };
         if snapshot.is_empty() {
             let client = inner.client().await?;
             let probe = tokio::time::timeout(inner.call_timeout(), client.simple_query("SELECT 1"))
@@ -434,7 +476,13 @@ pub(crate) async fn reconnect_loop(inner: Weak<Inner>) {
         match try_recover(&i).await {
             Ok(()) => attempt = 0,
             Err(e) => {
-                tracing::debug!(error = %e, "reconnect attempt failed");
+                if e.is_unavailable() {
+                    tracing::debug!(error = %e, "reconnect attempt failed");
+                } else {
+                    // Not a connectivity problem (e.g. the replay itself is refused): say so,
+                    // the outage will not end by waiting.
+                    tracing::warn!(error = %e, "replaying the writes kept during the outage failed");
+                }
                 attempt = attempt.saturating_add(1);
             }
         }
@@ -578,7 +626,12 @@ mod tests {
     #[test]
     fn journal_records_round_trip() {
         let w = vec![
-            KeyWrite::put("session", "1@s.whatsapp.net:2", StoredValue::from_json(r#"{"a":{"type":"Buffer","data":"AQI="}}"#).unwrap()).unwrap(),
+            KeyWrite::put(
+                "session",
+                "1@s.whatsapp.net:2",
+                StoredValue::from_json(r#"{"a":{"type":"Buffer","data":"AQI="}}"#).unwrap(),
+            )
+            .unwrap(),
             KeyWrite::delete("pre-key", "7").unwrap(),
         ];
         let line = encode_record("acme", &Op::Keys(w.clone())).unwrap();

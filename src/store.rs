@@ -61,6 +61,7 @@ pub(crate) struct Inner {
     lanes: RwLock<Vec<mpsc::UnboundedSender<Request>>>,
     lane_count: usize,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    conns: Arc<ConnTracker>,
     closed: AtomicBool,
 }
 
@@ -177,9 +178,24 @@ impl Store {
         let mgr_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
+        let conns = Arc::new(ConnTracker::default());
         let manager = match crate::tls::connector(&config)? {
-            Some(tls) => Manager::from_config(pg, tls, mgr_config),
-            None => Manager::from_config(pg, tokio_postgres::NoTls, mgr_config),
+            Some(tls) => Manager::from_connect(
+                pg,
+                TrackedConnect {
+                    tls,
+                    conns: conns.clone(),
+                },
+                mgr_config,
+            ),
+            None => Manager::from_connect(
+                pg,
+                TrackedConnect {
+                    tls: tokio_postgres::NoTls,
+                    conns: conns.clone(),
+                },
+                mgr_config,
+            ),
         };
         let pool = Pool::builder(manager)
             .max_size(config.pool_size.max(1))
@@ -203,6 +219,7 @@ impl Store {
             lanes: RwLock::new(Vec::new()),
             lane_count,
             tasks: Mutex::new(Vec::new()),
+            conns,
             closed: AtomicBool::new(false),
             pool,
             config,
@@ -258,7 +275,10 @@ impl Store {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed("the store is closed".into()));
         }
-        Ok(Session::new(self.inner.clone(), self.inner.company(company_id)))
+        Ok(Session::new(
+            self.inner.clone(),
+            self.inner.company(company_id),
+        ))
     }
 
     /// The connection described without its password.
@@ -300,19 +320,26 @@ impl Store {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        let tasks = std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let tasks =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         let (lanes, background): (Vec<_>, Vec<_>) = tasks
             .into_iter()
             .enumerate()
             .partition(|(i, _)| *i < self.inner.lane_count);
-        for (_, t) in background {
+        for (_, t) in &background {
             t.abort();
+        }
+        for (_, t) in background {
+            let _ = t.await; // resolves once the aborted task has been dropped
         }
         for (_, t) in lanes {
             let _ = t.await;
         }
         let report = self.inner.outage.flush_on_close(&self.inner).await;
         self.inner.pool.close();
+        // Closing the pool aborts each connection task; wait until they have ended, so that
+        // nothing of this store is alive when close returns.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.conns.all_ended()).await;
         Ok(report)
     }
 }
@@ -323,8 +350,71 @@ async fn reap_idle(inner: Weak<Inner>, idle: Duration) {
     loop {
         tokio::time::sleep(period).await;
         let Some(inner) = inner.upgrade() else { return };
-        inner
-            .pool
-            .retain(|_, m| m.last_used() < idle);
+        inner.pool.retain(|_, m| m.last_used() < idle);
+    }
+}
+
+/// Counts live connection tasks so that `close` can wait until every connection has ended.
+#[derive(Default)]
+pub(crate) struct ConnTracker {
+    live: std::sync::atomic::AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
+impl ConnTracker {
+    async fn all_ended(&self) {
+        loop {
+            let ended = self.ended.notified();
+            if self.live.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+struct ConnGuard(Arc<ConnTracker>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.ended.notify_waiters();
+        }
+    }
+}
+
+/// deadpool-postgres' own connect, plus a guard in each connection task.
+struct TrackedConnect<T> {
+    tls: T,
+    conns: Arc<ConnTracker>,
+}
+
+impl<T> deadpool_postgres::Connect for TrackedConnect<T>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + Clone + Sync + Send + 'static,
+    T::Stream: Sync + Send,
+    T::TlsConnect: Sync + Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
+    fn connect(
+        &self,
+        pg: &tokio_postgres::Config,
+    ) -> futures_util::future::BoxFuture<
+        '_,
+        std::result::Result<(tokio_postgres::Client, JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        let tls = self.tls.clone();
+        let pg = pg.clone();
+        let conns = self.conns.clone();
+        Box::pin(async move {
+            let (client, connection) = pg.connect(tls).await?;
+            conns.live.fetch_add(1, Ordering::AcqRel);
+            let guard = ConnGuard(conns);
+            let task = tokio::spawn(async move {
+                let _guard = guard;
+                let _ = connection.await;
+            });
+            Ok((client, task))
+        })
     }
 }

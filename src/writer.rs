@@ -21,7 +21,7 @@ use crate::store::{Company, Inner};
 use crate::value::{KeyWrite, StoredValue};
 
 /// Most keys merged into one group commit.
-const MAX_BATCH_KEYS: usize = 20_000;
+pub(crate) const MAX_BATCH_KEYS: usize = 20_000;
 
 /// What one call asks to write.
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    fn weight(&self) -> usize {
+    pub(crate) fn weight(&self) -> usize {
         match self {
             Op::Keys(w) => w.len().max(1),
             Op::Creds(_) | Op::Clear => 1,
@@ -47,7 +47,9 @@ impl Op {
         match self {
             Op::Keys(w) => w
                 .iter()
-                .map(|k| k.key_id.len() + k.key_type.len() + k.value.as_ref().map_or(0, StoredValue::len))
+                .map(|k| {
+                    k.key_id.len() + k.key_type.len() + k.value.as_ref().map_or(0, StoredValue::len)
+                })
                 .sum(),
             Op::Creds(v) => v.len(),
             Op::Clear => 0,
@@ -108,7 +110,9 @@ impl WriteTicket {
             }),
         };
         if let Some((inner, kind, started)) = self.timing {
-            inner.metrics.record(kind, started.elapsed(), result.is_ok());
+            inner
+                .metrics
+                .record(kind, started.elapsed(), result.is_ok());
         }
         result
     }
@@ -158,7 +162,9 @@ async fn process(inner: &Arc<Inner>, mut batch: Vec<Request>) {
     let ops: Vec<(&Company, &Op)> = batch.iter().map(|r| (&*r.company, &r.op)).collect();
     let started = Instant::now();
     let result = commit(inner, &ops).await;
-    inner.metrics.record("commit", started.elapsed(), result.is_ok());
+    inner
+        .metrics
+        .record("commit", started.elapsed(), result.is_ok());
     match result {
         Ok(()) => {
             apply_committed(inner, &ops);
@@ -201,7 +207,9 @@ pub(crate) fn apply_committed(inner: &Inner, ops: &[(&Company, &Op)]) {
                 }
             }
             Op::Creds(v) => {
-                inner.cache.put(cache::creds_key(&company.id), Some(v.clone()));
+                inner
+                    .cache
+                    .put(cache::creds_key(&company.id), Some(v.clone()));
                 company.set_last_creds(Some(v.clone()));
             }
             Op::Clear => {
@@ -234,10 +242,8 @@ fn plan<'a>(ops: &[(&'a Company, &'a Op)]) -> Vec<Step<'a>> {
         match op {
             Op::Keys(writes) => {
                 for w in writes {
-                    cur.keys.insert(
-                        (&company.id, &w.key_type, &w.key_id),
-                        w.value.as_ref(),
-                    );
+                    cur.keys
+                        .insert((&company.id, &w.key_type, &w.key_id), w.value.as_ref());
                 }
             }
             Op::Creds(v) => {
@@ -336,7 +342,9 @@ async fn run_step(
 ) -> Result<()> {
     match step {
         Step::Clear(company) => {
-            let stmt = client.prepare_typed_cached(CLEAR_SQL, &[Type::TEXT]).await?;
+            let stmt = client
+                .prepare_typed_cached(CLEAR_SQL, &[Type::TEXT])
+                .await?;
             client.execute(&stmt, &[company]).await?;
         }
         Step::Upsert(m) => {
@@ -367,7 +375,9 @@ async fn run_step(
             }
             let cc: Vec<&str> = m.creds.keys().copied().collect();
             let cv: Vec<&str> = m.creds.values().map(|v| v.as_str()).collect();
-            let stmt = client.prepare_typed_cached(UPSERT_SQL, UPSERT_TYPES).await?;
+            let stmt = client
+                .prepare_typed_cached(UPSERT_SQL, UPSERT_TYPES)
+                .await?;
             client
                 .query_one(&stmt, &[&dc, &dt, &di, &uc, &ut, &ui, &uv, &ttl, &cc, &cv])
                 .await?;

@@ -238,7 +238,12 @@ async fn account(
     let mut exp = Expected::new();
     let mut t = Totals::default();
     let jid = format!("5511{:08}", me);
-    let put = |exp: &mut Expected, writes: &mut Vec<KeyWrite>, ty: &str, id: &str, v: Option<Value>| -> Result<()> {
+    let put = |exp: &mut Expected,
+               writes: &mut Vec<KeyWrite>,
+               ty: &str,
+               id: &str,
+               v: Option<Value>|
+     -> Result<()> {
         let v = v.map(StoredValue::from_value).transpose()?;
         writes.push(match &v {
             Some(v) => KeyWrite::put(ty, id, v.clone())?,
@@ -264,8 +269,15 @@ async fn account(
         let v = json!({"keyData": b64(&mut rng, 32), "fingerprint": {"rawId": rng.gen_range(1..1_000_000), "currentIndex": 1, "deviceIndexes": [0, 1]}, "timestamp": "1700000000000"});
         put(&mut exp, &mut writes, "app-state-sync-key", &id, Some(v))?;
     }
-    put(&mut exp, &mut writes, "app-state-sync-version", "regular_high",
-        Some(json!({"version": 5, "hash": buffer_node(&bytes(&mut rng, 128)), "indexValueMap": {b64(&mut rng, 32): {"valueMac": buffer_node(&bytes(&mut rng, 32))}}})))?;
+    put(
+        &mut exp,
+        &mut writes,
+        "app-state-sync-version",
+        "regular_high",
+        Some(
+            json!({"version": 5, "hash": buffer_node(&bytes(&mut rng, 128)), "indexValueMap": {b64(&mut rng, 32): {"valueMac": buffer_node(&bytes(&mut rng, 32))}}}),
+        ),
+    )?;
     t.keys_written += writes.len();
     session.set(writes).await?;
     t.sets += 1;
@@ -276,25 +288,48 @@ async fn account(
         let peer = (me + 1 + m % accounts.max(2).saturating_sub(1)) % accounts.max(1);
         let peer_jid = format!("5511{peer:08}.0:{}", m % 3);
         // Encrypt: read the session, write the ratcheted one (and consume a pre-key sometimes).
-        let found = session.get("session", &[peer_jid.clone()]).await?;
+        let found = session.get("session", &[&peer_jid]).await?;
         t.gets += 1;
         t.keys_read += 1;
         if let Some(prev) = sessions.get(&peer_jid) {
             let got = found.first().map(|(_, v)| v.to_value());
             if got.as_ref() != Some(prev) {
-                return Err(Error::Internal(format!("session {peer_jid} read back wrong")));
+                return Err(Error::Internal(format!(
+                    "session {peer_jid} read back wrong"
+                )));
             }
         }
         let record = session_record(&mut rng, 1 + m % 4);
-        sessions.insert(peer_jid.clone(), StoredValue::from_value(record.clone())?.to_value());
+        sessions.insert(
+            peer_jid.clone(),
+            StoredValue::from_value(record.clone())?.to_value(),
+        );
         let mut writes = Vec::new();
         put(&mut exp, &mut writes, "session", &peer_jid, Some(record))?;
         if m % 10 == 0 {
-            put(&mut exp, &mut writes, "pre-key", &(1 + m % pre_keys.max(1)).to_string(), None)?;
+            put(
+                &mut exp,
+                &mut writes,
+                "pre-key",
+                &(1 + m % pre_keys.max(1)).to_string(),
+                None,
+            )?;
         }
         if m % 7 == 3 {
-            put(&mut exp, &mut writes, "lid-mapping", &format!("5511{peer:08}"), Some(json!(format!("{peer}12345@lid"))))?;
-            put(&mut exp, &mut writes, "device-list", &format!("5511{peer:08}"), Some(json!(["0", "12", "23"])))?;
+            put(
+                &mut exp,
+                &mut writes,
+                "lid-mapping",
+                &format!("5511{peer:08}"),
+                Some(json!(format!("{peer}12345@lid"))),
+            )?;
+            put(
+                &mut exp,
+                &mut writes,
+                "device-list",
+                &format!("5511{peer:08}"),
+                Some(json!(["0", "12", "23"])),
+            )?;
         }
         t.keys_written += writes.len();
         session.set(writes).await?;
@@ -302,7 +337,7 @@ async fn account(
         // Group message: sender key read and rotated, memory of who has it.
         if m % 5 == 0 {
             let sk_id = format!("{group}::{jid}::0");
-            session.get("sender-key", &[sk_id.clone()]).await?;
+            session.get("sender-key", &[&sk_id]).await?;
             t.gets += 1;
             t.keys_read += 1;
             let state = json!([{"senderKeyId": rng.gen_range(0..1_000_000), "senderChainKey": {"iteration": m, "seed": b64(&mut rng, 32)}, "senderSigningKey": {"public": b64(&mut rng, 33)}, "senderMessageKeys": []}]);
@@ -313,9 +348,22 @@ async fn account(
             }
             let mut writes = Vec::new();
             put(&mut exp, &mut writes, "sender-key", &sk_id, Some(sk))?;
-            put(&mut exp, &mut writes, "sender-key-memory", &group, Some(Value::Object(memory)))?;
-            put(&mut exp, &mut writes, "tctoken", &format!("5511{peer:08}@s.whatsapp.net"),
-                Some(json!({"token": buffer_node(&bytes(&mut rng, 20)), "timestamp": "1700000000"})))?;
+            put(
+                &mut exp,
+                &mut writes,
+                "sender-key-memory",
+                &group,
+                Some(Value::Object(memory)),
+            )?;
+            put(
+                &mut exp,
+                &mut writes,
+                "tctoken",
+                &format!("5511{peer:08}@s.whatsapp.net"),
+                Some(
+                    json!({"token": buffer_node(&bytes(&mut rng, 20)), "timestamp": "1700000000"}),
+                ),
+            )?;
             t.keys_written += writes.len();
             session.set(writes).await?;
             t.sets += 1;
