@@ -1,0 +1,187 @@
+//! The numbered status enum and its messages.
+
+use std::ffi::{c_char, CStr};
+
+use crate::Error;
+
+use super::panic::value_boundary;
+
+/// The result of every fallible `authstate_*` function.
+///
+/// The numbers are part of the ABI: a code is never renumbered or reused, new codes are only
+/// appended. `authstate_status_message` describes a code; `authstate_last_error` gives the
+/// text of the failure itself.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(clippy::enum_variant_names)] // the C names carry the prefix, see cbindgen.toml
+pub enum authstate_status {
+    /// The call succeeded and wrote its outputs.
+    AUTHSTATE_OK = 0,
+    /// The thing asked for does not exist (for example no creds saved for the company).
+    AUTHSTATE_NOT_FOUND = 1,
+    /// A NULL pointer, a string that is not UTF-8, text that is not JSON, or an identifier or
+    /// value the store refuses. Nothing was written.
+    AUTHSTATE_INVALID_ARGUMENT = 2,
+    /// PostgreSQL cannot be reached and the answer could not be served from memory.
+    AUTHSTATE_UNAVAILABLE = 3,
+    /// A connect or statement timeout expired.
+    AUTHSTATE_TIMEOUT = 4,
+    /// The store is in an outage under the read-only policy and refuses writes.
+    AUTHSTATE_READ_ONLY = 5,
+    /// A bug or an unexpected environment failure inside the library.
+    AUTHSTATE_INTERNAL = 6,
+    /// The library panicked; the panic was caught at the C boundary. The handle used may be
+    /// in an inconsistent state: close it.
+    AUTHSTATE_PANIC = 7,
+    /// The pending-write log of an outage reached its configured bound; the write was refused.
+    AUTHSTATE_BACKLOG_FULL = 8,
+    /// Another holder owns the resource (a company lease, a concurrent migration).
+    AUTHSTATE_LOCKED = 9,
+    /// A migration is missing, was edited after it was applied, or failed.
+    AUTHSTATE_MIGRATION = 10,
+    /// PostgreSQL answered with an error that is not about connectivity.
+    AUTHSTATE_DATABASE = 11,
+    /// The store (or the session's store) was closed.
+    AUTHSTATE_CLOSED = 12,
+}
+
+use authstate_status::*;
+
+/// Every status, in numeric order (for tests and for `authstate_status_message`).
+pub(crate) const ALL: [authstate_status; 13] = [
+    AUTHSTATE_OK,
+    AUTHSTATE_NOT_FOUND,
+    AUTHSTATE_INVALID_ARGUMENT,
+    AUTHSTATE_UNAVAILABLE,
+    AUTHSTATE_TIMEOUT,
+    AUTHSTATE_READ_ONLY,
+    AUTHSTATE_INTERNAL,
+    AUTHSTATE_PANIC,
+    AUTHSTATE_BACKLOG_FULL,
+    AUTHSTATE_LOCKED,
+    AUTHSTATE_MIGRATION,
+    AUTHSTATE_DATABASE,
+    AUTHSTATE_CLOSED,
+];
+
+impl From<&Error> for authstate_status {
+    /// The one mapping from core errors to C codes. The match is exhaustive (inside the crate
+    /// `#[non_exhaustive]` does not apply), so a new core error cannot compile without a code.
+    fn from(e: &Error) -> Self {
+        match e {
+            Error::InvalidArgument(_) => AUTHSTATE_INVALID_ARGUMENT,
+            Error::NotFound(_) => AUTHSTATE_NOT_FOUND,
+            Error::Unavailable(_) => AUTHSTATE_UNAVAILABLE,
+            Error::Timeout(_) => AUTHSTATE_TIMEOUT,
+            Error::ReadOnly(_) => AUTHSTATE_READ_ONLY,
+            Error::Backlog(_) => AUTHSTATE_BACKLOG_FULL,
+            Error::Locked(_) => AUTHSTATE_LOCKED,
+            Error::Migration(_) => AUTHSTATE_MIGRATION,
+            Error::Database(_) => AUTHSTATE_DATABASE,
+            Error::Closed(_) => AUTHSTATE_CLOSED,
+            Error::Internal(_) => AUTHSTATE_INTERNAL,
+        }
+    }
+}
+
+impl authstate_status {
+    /// The code without its `AUTHSTATE_` prefix; equal to [`Error::code`] for mapped errors.
+    #[cfg(test)]
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            AUTHSTATE_OK => "OK",
+            AUTHSTATE_NOT_FOUND => "NOT_FOUND",
+            AUTHSTATE_INVALID_ARGUMENT => "INVALID_ARGUMENT",
+            AUTHSTATE_UNAVAILABLE => "UNAVAILABLE",
+            AUTHSTATE_TIMEOUT => "TIMEOUT",
+            AUTHSTATE_READ_ONLY => "READ_ONLY",
+            AUTHSTATE_INTERNAL => "INTERNAL",
+            AUTHSTATE_PANIC => "PANIC",
+            AUTHSTATE_BACKLOG_FULL => "BACKLOG_FULL",
+            AUTHSTATE_LOCKED => "LOCKED",
+            AUTHSTATE_MIGRATION => "MIGRATION",
+            AUTHSTATE_DATABASE => "DATABASE",
+            AUTHSTATE_CLOSED => "CLOSED",
+        }
+    }
+
+    fn message(self) -> &'static CStr {
+        match self {
+            AUTHSTATE_OK => c"ok",
+            AUTHSTATE_NOT_FOUND => c"not found",
+            AUTHSTATE_INVALID_ARGUMENT => c"invalid argument",
+            AUTHSTATE_UNAVAILABLE => c"database unavailable",
+            AUTHSTATE_TIMEOUT => c"database timeout",
+            AUTHSTATE_READ_ONLY => c"store is read-only during a database outage",
+            AUTHSTATE_INTERNAL => c"internal error",
+            AUTHSTATE_PANIC => c"panic inside the library (caught at the C boundary)",
+            AUTHSTATE_BACKLOG_FULL => c"pending writes full",
+            AUTHSTATE_LOCKED => c"locked by another holder",
+            AUTHSTATE_MIGRATION => c"migration error",
+            AUTHSTATE_DATABASE => c"database error",
+            AUTHSTATE_CLOSED => c"store closed",
+        }
+    }
+}
+
+/// A short, static English description of a status code.
+///
+/// `status` is taken as a plain integer so that any value is safe to pass; numbers that are
+/// not a known `authstate_status` give "unknown status".
+///
+/// Ownership: the returned string is static and owned by the library. Never free it; it is
+/// valid for the life of the process. Never returns NULL.
+#[no_mangle]
+pub extern "C" fn authstate_status_message(status: u32) -> *const c_char {
+    value_boundary(c"unknown status".as_ptr(), || {
+        ALL.iter()
+            .find(|s| **s as u32 == status)
+            .map_or(c"unknown status", |s| s.message())
+            .as_ptr()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_fixed() {
+        // Changing a number breaks every compiled C program: append, never renumber.
+        for (i, s) in ALL.iter().enumerate() {
+            assert_eq!(*s as u32, i as u32, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn every_error_maps_to_its_own_code() {
+        let errors = [
+            Error::InvalidArgument("x".into()),
+            Error::NotFound("x".into()),
+            Error::Unavailable("x".into()),
+            Error::Timeout("x".into()),
+            Error::ReadOnly("x".into()),
+            Error::Backlog("x".into()),
+            Error::Locked("x".into()),
+            Error::Migration("x".into()),
+            Error::Database("x".into()),
+            Error::Closed("x".into()),
+            Error::Internal("x".into()),
+        ];
+        for e in &errors {
+            assert_eq!(authstate_status::from(e).code(), e.code());
+        }
+    }
+
+    #[test]
+    fn messages() {
+        for s in ALL {
+            // SAFETY: the function returns a static NUL-terminated string.
+            let m = unsafe { CStr::from_ptr(authstate_status_message(s as u32)) };
+            assert!(!m.to_bytes().is_empty());
+        }
+        // SAFETY: as above.
+        let m = unsafe { CStr::from_ptr(authstate_status_message(9999)) };
+        assert_eq!(m, c"unknown status");
+    }
+}

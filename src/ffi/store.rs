@@ -1,0 +1,100 @@
+//! `authstate_store_*`: opening, migrating and closing a store.
+
+use std::ffi::c_char;
+
+use crate::{Config, Store};
+
+use super::args::{out_arg, str_arg, write_out};
+use super::handle::{authstate_store, BoxHandle};
+use super::last_error;
+use super::panic::{status_boundary, value_boundary};
+use super::runtime::{block_on, drop_in_runtime};
+use super::status::authstate_status;
+
+/// Opens a store: a connection pool to PostgreSQL, its cache and its writer tasks.
+///
+/// `url_or_null` is a `postgres://` URL or a libpq `key=value` string; when NULL the
+/// configuration comes from `DATABASE_URL`, or from the libpq `PG*` variables when that is
+/// unset. Opening does not create tables: call `authstate_store_migrate` once per database.
+///
+/// Returns `AUTHSTATE_INVALID_ARGUMENT` for a NULL `out`, a URL that is not UTF-8 or that does
+/// not parse; connection failures give `AUTHSTATE_UNAVAILABLE` or `AUTHSTATE_TIMEOUT`.
+///
+/// Ownership: `url_or_null` is borrowed for the call. On `AUTHSTATE_OK`, `*out` receives a new
+/// handle owned by the caller, to be released with `authstate_store_close`; on any other
+/// status `*out` is left unchanged.
+///
+/// # Safety
+///
+/// `url_or_null` is NULL or a NUL-terminated string; `out` is NULL or points to writable
+/// storage for one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn authstate_store_open(
+    url_or_null: *const c_char,
+    out: *mut *mut authstate_store,
+) -> authstate_status {
+    status_boundary("authstate_store_open", || {
+        out_arg(out, "out")?;
+        let config = if url_or_null.is_null() {
+            Config::from_env()?
+        } else {
+            // SAFETY: non-NULL, NUL-terminated and borrowed for this call per the contract.
+            Config::from_url(unsafe { str_arg(url_or_null, "url") }?)?
+        };
+        // Store::open spawns its tasks on the current runtime: it must run inside ours.
+        let store = block_on(Store::open(config))??;
+        // SAFETY: `out` was checked non-NULL and is writable per the contract.
+        unsafe { write_out(out, authstate_store::into_raw(store)) };
+        Ok(())
+    })
+}
+
+/// Brings the database schema up to date (applies pending migrations in order, under an
+/// advisory lock, so concurrent callers are safe). Adopts existing tables.
+///
+/// Returns `AUTHSTATE_MIGRATION` when an applied migration was edited or one fails.
+///
+/// Ownership: `store` is borrowed for the call.
+///
+/// # Safety
+///
+/// `store` is NULL or a live handle from `authstate_store_open`.
+#[no_mangle]
+pub unsafe extern "C" fn authstate_store_migrate(
+    store: *const authstate_store,
+) -> authstate_status {
+    status_boundary("authstate_store_migrate", || {
+        // SAFETY: NULL or a live handle per the contract.
+        let store = unsafe { authstate_store::borrow(store) }?;
+        block_on(store.migrate())??;
+        Ok(())
+    })
+}
+
+/// Flushes pending writes, closes the store and frees the handle. NULL is fine.
+///
+/// Sessions opened from this store may still be closed afterwards; other calls on them fail
+/// with `AUTHSTATE_CLOSED`. When pending writes could not be flushed, the function still frees
+/// the handle and leaves the reason in `authstate_last_error` (it returns no status).
+///
+/// Ownership: takes ownership of `store`; it must not be used afterwards.
+///
+/// # Safety
+///
+/// `store` is NULL or a live handle from `authstate_store_open`, not in use by another thread
+/// and not closed before.
+#[no_mangle]
+pub unsafe extern "C" fn authstate_store_close(store: *mut authstate_store) {
+    value_boundary((), || {
+        // SAFETY: NULL or a live handle, given up by the caller, per the contract.
+        let Some(store) = (unsafe { authstate_store::take(store) }) else {
+            return;
+        };
+        last_error::clear();
+        match block_on(store.close()) {
+            Ok(Ok(_report)) => {}
+            Ok(Err(e)) | Err(e) => last_error::set(&e.to_string()),
+        }
+        drop_in_runtime(store);
+    })
+}
