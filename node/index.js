@@ -1,0 +1,299 @@
+'use strict'
+// authstate for Node: Baileys' auth state in PostgreSQL through the native addon.
+// This file only converts: JS values <-> JSON text (buffers as {type:'Buffer',data:<base64>}),
+// native errors -> Error objects with a stable `code`. All storage logic is in the Rust core.
+
+const path = require('node:path')
+
+const ERROR_CODES = Object.freeze([
+  'EAUTHSTATE_INVALID',
+  'EAUTHSTATE_NOT_FOUND',
+  'EAUTHSTATE_UNAVAILABLE',
+  'EAUTHSTATE_TIMEOUT',
+  'EAUTHSTATE_READ_ONLY',
+  'EAUTHSTATE_BACKLOG',
+  'EAUTHSTATE_LOCKED',
+  'EAUTHSTATE_MIGRATION',
+  'EAUTHSTATE_DATABASE',
+  'EAUTHSTATE_CLOSED',
+  'EAUTHSTATE_INTERNAL'
+])
+
+class AuthStateError extends Error {
+  constructor (code, message, options) {
+    super(message, options)
+    this.name = 'AuthStateError'
+    this.code = code
+  }
+}
+
+const NAPI_ARG_ERRORS = new Set(['InvalidArg', 'ObjectExpected', 'StringExpected', 'NameExpected',
+  'FunctionExpected', 'NumberExpected', 'BooleanExpected', 'ArrayExpected', 'BigintExpected'])
+const CODED = /^\[(EAUTHSTATE_[A-Z_]+)\] ([\s\S]*)$/
+
+// Every error that leaves this module goes through here exactly once.
+function toAuthError (e) {
+  if (e instanceof AuthStateError) return e
+  const message = e && typeof e.message === 'string' ? e.message : String(e)
+  const m = CODED.exec(message)
+  if (m) return new AuthStateError(m[1], m[2])
+  if (e && NAPI_ARG_ERRORS.has(e.code)) return new AuthStateError('EAUTHSTATE_INVALID', message, { cause: e })
+  return new AuthStateError('EAUTHSTATE_INTERNAL', message, { cause: e })
+}
+
+const invalid = (message, cause) => new AuthStateError('EAUTHSTATE_INVALID', message, cause ? { cause } : undefined)
+
+function loadNative () {
+  const file = process.env.AUTHSTATE_NODE_ADDON || path.join(__dirname, 'authstate.node')
+  try {
+    return require(file)
+  } catch (e) {
+    if (e && e.code === 'MODULE_NOT_FOUND') {
+      throw new Error(`authstate: native addon not found at ${file}; build it with \`npm run build\` in ${__dirname}`)
+    }
+    throw e
+  }
+}
+const native = loadNative()
+
+// ---- the peer dependency (baileys or @whiskeysockets/baileys), loaded on first need ----------
+
+let baileys
+function loadBaileys () {
+  if (!baileys) {
+    const tryImport = (name) => import(name)
+    baileys = tryImport('baileys').catch((e) => {
+      if (e && (e.code === 'ERR_MODULE_NOT_FOUND' || e.code === 'MODULE_NOT_FOUND')) {
+        return tryImport('@whiskeysockets/baileys')
+      }
+      throw e
+    }).then((m) => (m && m.initAuthCreds ? m : (m && m.default) || m)).catch((e) => {
+      baileys = undefined
+      throw new AuthStateError('EAUTHSTATE_INTERNAL',
+        `authstate needs the peer dependency "baileys" (or "@whiskeysockets/baileys"): ${e.message}`, { cause: e })
+    })
+  }
+  return baileys
+}
+
+// ---- JSON with exact buffers ----------------------------------------------------------------
+
+// Like Baileys' BufferJSON.replacer: Buffers and Uint8Arrays become {type:'Buffer',data:<base64>}.
+// `this[key]` is the value before toJSON, so Buffers are recognised directly.
+function bufferReplacer (key, value) {
+  const raw = this[key]
+  if (raw instanceof Uint8Array) {
+    return { type: 'Buffer', data: Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength).toString('base64') }
+  }
+  if (typeof value === 'bigint') throw invalid(`a BigInt (at ${JSON.stringify(key)}) is not JSON`)
+  return value
+}
+
+// Revives canonical buffer nodes (the only shape the core returns) into Buffers.
+function bufferReviver (key, value) {
+  if (value !== null && typeof value === 'object' && value.type === 'Buffer' && typeof value.data === 'string') {
+    return Buffer.from(value.data, 'base64')
+  }
+  return value
+}
+
+function stringify (value, what) {
+  let text
+  try {
+    text = JSON.stringify(value, bufferReplacer)
+  } catch (e) {
+    if (e instanceof AuthStateError) throw invalid(`${what}: ${e.message}`)
+    throw invalid(`${what} is not JSON-able: ${e && e.message}`, e)
+  }
+  if (text === undefined) throw invalid(`${what} is not JSON-able (${typeof value})`)
+  return text
+}
+
+function parse (text) {
+  // Most session values hold no buffer at all: skip the reviver walk for them.
+  return text.includes('"Buffer"') ? JSON.parse(text, bufferReviver) : JSON.parse(text)
+}
+
+const isPlainObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v) &&
+  !(v instanceof Uint8Array)
+
+// {type: {id: value|null}} -> JSON text, each value checked on its own so the error names it.
+// `undefined` deletes, like null (what Baileys' own stores do with a falsy value).
+function writesToJSON (data) {
+  if (!isPlainObject(data)) throw invalid('set: the argument must be an object {type: {id: value | null}}')
+  const parts = []
+  for (const type of Object.keys(data)) {
+    const entries = data[type]
+    if (entries === null || entries === undefined) continue
+    if (!isPlainObject(entries)) throw invalid(`set: data[${JSON.stringify(type)}] must be an object {id: value | null}`)
+    const items = []
+    for (const id of Object.keys(entries)) {
+      const v = entries[id]
+      const text = v === null || v === undefined ? 'null' : stringify(v, `set: value of ${type}/${id}`)
+      items.push(JSON.stringify(id) + ':' + text)
+    }
+    parts.push(JSON.stringify(type) + ':{' + items.join(',') + '}')
+  }
+  return '{' + parts.join(',') + '}'
+}
+
+// Runs a native call: synchronous throws and rejections both come out as coded errors.
+function call (fn) {
+  let p
+  try {
+    p = fn()
+  } catch (e) {
+    return Promise.reject(toAuthError(e))
+  }
+  return Promise.resolve(p).catch((e) => { throw toAuthError(e) })
+}
+
+function syncCall (fn) {
+  try {
+    return fn()
+  } catch (e) {
+    throw toAuthError(e)
+  }
+}
+
+// ---- Session ------------------------------------------------------------------------------
+
+class Session {
+  constructor (nativeSession) {
+    this._native = nativeSession
+    this._closed = false
+    this._pending = new Set()
+    this.companyId = nativeSession.companyId
+  }
+
+  _check () {
+    if (this._closed) throw new AuthStateError('EAUTHSTATE_CLOSED', `session ${this.companyId} is closed`)
+  }
+
+  _track (p) {
+    this._pending.add(p)
+    const done = () => this._pending.delete(p)
+    p.then(done, done)
+    return p
+  }
+
+  loadCreds () {
+    return call(() => {
+      this._check()
+      return this._native.loadCreds()
+    }).then((text) => (text == null ? null : parse(text)))
+  }
+
+  saveCreds (creds) {
+    return this._track(call(() => {
+      this._check()
+      if (!isPlainObject(creds)) throw invalid('saveCreds: creds must be an object')
+      return this._native.saveCreds(stringify(creds, 'saveCreds: creds'))
+    }))
+  }
+
+  get (type, ids) {
+    return call(() => {
+      this._check()
+      if (typeof type !== 'string') throw invalid('get: type must be a string')
+      if (!Array.isArray(ids)) throw invalid('get: ids must be an array of strings')
+      for (const id of ids) if (typeof id !== 'string') throw invalid(`get: ids must be strings, got ${typeof id}`)
+      return this._native.get(type, ids)
+    }).then(async (text) => {
+      const out = parse(text)
+      if (type === 'app-state-sync-key') {
+        const B = await loadBaileys()
+        for (const id of Object.keys(out)) out[id] = B.proto.Message.AppStateSyncKeyData.fromObject(out[id])
+      }
+      return out
+    })
+  }
+
+  set (data) {
+    return this._track(call(() => {
+      this._check()
+      return this._native.set(writesToJSON(data))
+    }))
+  }
+
+  clear () {
+    return this._track(call(() => {
+      this._check()
+      return this._native.clear()
+    }))
+  }
+
+  // Waits for this session's own pending writes, then refuses further calls.
+  async close () {
+    if (this._closed) return
+    this._closed = true
+    await Promise.allSettled([...this._pending])
+  }
+}
+
+// ---- Store --------------------------------------------------------------------------------
+
+class Store {
+  constructor (nativeStore) {
+    this._native = nativeStore
+  }
+
+  migrate () {
+    return call(() => this._native.migrate()).then((t) => JSON.parse(t))
+  }
+
+  session (companyId) {
+    return call(() => {
+      if (typeof companyId !== 'string') throw invalid('session: companyId must be a string')
+      return this._native.session(companyId)
+    }).then((s) => new Session(s))
+  }
+
+  metrics () {
+    return JSON.parse(syncCall(() => this._native.metrics()))
+  }
+
+  close () {
+    return call(() => this._native.close()).then((t) => JSON.parse(t))
+  }
+}
+
+function openStore (options = {}) {
+  return call(() => {
+    if (!isPlainObject(options)) throw invalid('openStore: options must be an object')
+    return native.openStore(stringify(options, 'openStore: options'))
+  }).then((s) => new Store(s))
+}
+
+// Drop-in for Baileys' useMultiFileAuthState: { state: { creds, keys }, saveCreds }.
+async function usePostgresAuthState (store, companyId) {
+  if (!(store instanceof Store)) throw invalid('usePostgresAuthState: store must come from openStore()')
+  const session = await store.session(companyId)
+  const stored = await session.loadCreds()
+  const creds = stored || (await loadBaileys()).initAuthCreds()
+  return {
+    state: {
+      creds,
+      keys: {
+        get: (type, ids) => session.get(type, ids),
+        set: (data) => session.set(data),
+        clear: () => session.clear()
+      }
+    },
+    saveCreds: () => session.saveCreds(creds),
+    session
+  }
+}
+
+module.exports = {
+  openStore,
+  usePostgresAuthState,
+  AuthStateError,
+  ERROR_CODES,
+  bufferReplacer,
+  bufferReviver,
+  Store,
+  Session,
+  native,
+  __toAuthError: toAuthError
+}
