@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs every test of the project: formatting, lints, the Rust core against a real PostgreSQL,
+# the C ABI (header drift, cdylib + staticlib, valgrind, AddressSanitizer) and the Node addon
+# with the real Baileys. This is the README's test command and what .ci/run calls.
+#
+# Database: DATABASE_URL when set; otherwise each suite starts its own throwaway PostgreSQL from
+# the machine's binaries (as the postgres user when run as root) and removes it afterwards.
+# Everything the suites need (npm packages, the pinned cbindgen, valgrind, the ASan runtime) is
+# installed by the suites' own scripts.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+passed=0
+failed=0
+failures=()
+
+step() {
+    local name=$1
+    shift
+    printf '\n======== %s: %s\n' "$name" "$*"
+    local start=$SECONDS
+    if "$@"; then
+        passed=$((passed + 1))
+        printf '======== %s: ok (%ss)\n' "$name" $((SECONDS - start))
+    else
+        failed=$((failed + 1))
+        failures+=("$name")
+        printf '======== %s: FAILED (%ss)\n' "$name" $((SECONDS - start))
+    fi
+}
+
+step fmt cargo fmt --all --check
+step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+step rust-tests cargo test -p authstate --locked
+step c-abi bash scripts/test-c.sh
+step node bash scripts/test-node.sh
+
+echo
+if [ "$failed" -gt 0 ]; then
+    echo "failed suites: ${failures[*]}"
+fi
+echo "suites: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
