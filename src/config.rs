@@ -41,8 +41,8 @@ impl FromStr for SslMode {
             "verify-full" => SslMode::VerifyFull,
             other => {
                 return Err(Error::invalid(format!(
-                    "sslmode must be disable, prefer, require, verify-ca or verify-full, got {other:?}"
-                )))
+                "sslmode must be disable, prefer, require, verify-ca or verify-full, got {other:?}"
+            )))
             }
         })
     }
@@ -330,9 +330,9 @@ fn split_ssl_params(url: &str) -> Result<(String, SslParams)> {
             "sslmode" => ssl.mode = Some(v),
             "sslrootcert" => ssl.root_cert = Some(v),
             "connect_timeout" => {
-                let secs: u64 = v
-                    .parse()
-                    .map_err(|_| Error::invalid(format!("connect_timeout is not seconds: {v:?}")))?;
+                let secs: u64 = v.parse().map_err(|_| {
+                    Error::invalid(format!("connect_timeout is not seconds: {v:?}"))
+                })?;
                 ssl.connect_timeout = Some(Duration::from_secs(secs.max(1)));
             }
             "sslcert" | "sslkey" => {

@@ -124,9 +124,9 @@ impl From<deadpool_postgres::PoolError> for Error {
         use deadpool_postgres::PoolError;
         match e {
             PoolError::Backend(e) => e.into(),
-            PoolError::Timeout(kind) => {
-                Error::Timeout(format!("no database connection within the timeout ({kind:?})"))
-            }
+            PoolError::Timeout(kind) => Error::Timeout(format!(
+                "no database connection within the timeout ({kind:?})"
+            )),
             PoolError::Closed => Error::Closed("connection pool closed".into()),
             PoolError::NoRuntimeSpecified => Error::internal("pool built without a runtime"),
             PoolError::PostCreateHook(e) => Error::Unavailable(e.to_string()),

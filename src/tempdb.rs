@@ -51,9 +51,12 @@ fn find_bin_dir() -> Result<PathBuf> {
     }
     std::env::var_os("PATH")
         .and_then(|paths| {
-            std::env::split_paths(&paths).find(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
+            std::env::split_paths(&paths)
+                .find(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
         })
-        .ok_or_else(|| Error::internal("temporary PostgreSQL: initdb/pg_ctl not found (install postgresql)"))
+        .ok_or_else(|| {
+            Error::internal("temporary PostgreSQL: initdb/pg_ctl not found (install postgresql)")
+        })
 }
 
 fn is_root() -> bool {
@@ -169,7 +172,12 @@ impl TempCluster {
     pub fn pg_ctl_command(&self) -> Vec<String> {
         let mut argv = Vec::new();
         if let Some(user) = &self.run_as {
-            argv.extend(["runuser".to_string(), "-u".into(), user.clone(), "--".into()]);
+            argv.extend([
+                "runuser".to_string(),
+                "-u".into(),
+                user.clone(),
+                "--".into(),
+            ]);
         }
         argv.push(self.bin.join("pg_ctl").display().to_string());
         argv.extend(["-D".to_string(), self.data_dir().display().to_string()]);
@@ -216,7 +224,16 @@ impl TempCluster {
         let log = self.dir.path().join("server.log").display().to_string();
         self.run(
             "pg_ctl",
-            &["-D", &self.data_dir().display().to_string(), "-l", &log, "-w", "-t", "60", "start"],
+            &[
+                "-D",
+                &self.data_dir().display().to_string(),
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
         )
     }
 
@@ -224,7 +241,14 @@ impl TempCluster {
     pub fn stop(&self, mode: &str) -> Result<()> {
         self.run(
             "pg_ctl",
-            &["-D", &self.data_dir().display().to_string(), "-m", mode, "-w", "stop"],
+            &[
+                "-D",
+                &self.data_dir().display().to_string(),
+                "-m",
+                mode,
+                "-w",
+                "stop",
+            ],
         )
     }
 
@@ -239,22 +263,45 @@ impl TempCluster {
         crate::validate::company_id(name)
             .map_err(|_| Error::invalid("database names are limited to [A-Za-z0-9_-]"))?;
         let exists = Command::new(self.bin.join("psql"))
-            .args(["-h", &self.socket_dir().display().to_string(), "-p", &self.port.to_string()])
+            .args([
+                "-h",
+                &self.socket_dir().display().to_string(),
+                "-p",
+                &self.port.to_string(),
+            ])
             .args(["-U", "postgres", "-d", "postgres", "-tAc"])
-            .arg(format!("SELECT 1 FROM pg_database WHERE datname = '{name}'"))
+            .arg(format!(
+                "SELECT 1 FROM pg_database WHERE datname = '{name}'"
+            ))
             .output()
             .map_err(|e| io_err("psql", e))?;
         if String::from_utf8_lossy(&exists.stdout).trim() == "1" {
             return Ok(());
         }
         let out = Command::new(self.bin.join("psql"))
-            .args(["-h", &self.socket_dir().display().to_string(), "-p", &self.port.to_string()])
-            .args(["-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c"])
+            .args([
+                "-h",
+                &self.socket_dir().display().to_string(),
+                "-p",
+                &self.port.to_string(),
+            ])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+            ])
             .arg(format!("CREATE DATABASE \"{name}\""))
             .output()
             .map_err(|e| io_err("psql", e))?;
         if !out.status.success() {
-            return Err(io_err("create database", String::from_utf8_lossy(&out.stderr)));
+            return Err(io_err(
+                "create database",
+                String::from_utf8_lossy(&out.stderr),
+            ));
         }
         Ok(())
     }

@@ -124,7 +124,12 @@ mod tests {
 
     #[test]
     fn key_ids() {
-        for id in ["1", "123@s.whatsapp.net:2.0", "AAAAAJzq+/=", "12345.0:1_lid"] {
+        for id in [
+            "1",
+            "123@s.whatsapp.net:2.0",
+            "AAAAAJzq+/=",
+            "12345.0:1_lid",
+        ] {
             assert!(key_id(id).is_ok(), "{id}");
         }
         assert!(key_id("").is_err());
