@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -260,7 +260,7 @@ impl Outage {
         let Some(j) = &self.journal else {
             return Ok(false);
         };
-        let j = j.lock().unwrap_or_else(|p| p.into_inner());
+        let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
         let records = j.load()?;
         if records.is_empty() {
             return Ok(false);
@@ -527,36 +527,72 @@ impl Journal {
         Ok(())
     }
 
-    /// Reads every record. A torn last line (a crash mid-append, never acknowledged) is
-    /// skipped; a bad line elsewhere is an error, because skipping it would lose a write.
-    fn load(&self) -> Result<Vec<(String, Op)>> {
-        let file = File::open(&self.path).map_err(|e| {
+    /// Reads every record. A torn last line (a crash mid-append, never acknowledged; it may
+    /// end inside a UTF-8 character) is skipped and cut off the file, and the file is left
+    /// ending with a newline, so the next append starts a line of its own instead of being
+    /// glued to the fragment. A bad line elsewhere is an error, because skipping it would lose
+    /// a write.
+    fn load(&mut self) -> Result<Vec<(String, Op)>> {
+        let read_err = |e: std::io::Error| {
             Error::internal(format!("cannot read journal {}: {e}", self.path.display()))
-        })?;
-        let lines: Vec<String> = BufReader::new(file)
-            .lines()
-            .collect::<std::io::Result<_>>()
-            .map_err(|e| Error::internal(format!("cannot read journal: {e}")))?;
-        let mut out = Vec::with_capacity(lines.len());
-        let last = lines.len().saturating_sub(1);
-        for (n, line) in lines.iter().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            match decode_record(line) {
-                Ok(r) => out.push(r),
-                Err(_) if n == last => {
+        };
+        let data = std::fs::read(&self.path).map_err(read_err)?;
+        let mut out = Vec::new();
+        // End of the last line that is kept (complete or not).
+        let mut good_end = 0;
+        let mut pos = 0;
+        let mut n = 0;
+        while pos < data.len() {
+            n += 1;
+            let rest = &data[pos..];
+            let (line, next) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], pos + i + 1),
+                None => (rest, data.len()),
+            };
+            let parsed = std::str::from_utf8(line)
+                .map_err(|e| Error::internal(format!("not UTF-8: {e}")))
+                .and_then(|l| {
+                    if l.trim().is_empty() {
+                        Ok(None)
+                    } else {
+                        decode_record(l).map(Some)
+                    }
+                });
+            match parsed {
+                Ok(r) => {
+                    out.extend(r);
+                    good_end = next;
+                }
+                Err(_) if next >= data.len() => {
                     tracing::warn!("skipping a torn last journal line (never acknowledged)");
                 }
                 Err(e) => {
                     return Err(Error::internal(format!(
-                        "journal {} line {} is corrupt: {e}",
-                        self.path.display(),
-                        n + 1
+                        "journal {} line {n} is corrupt: {e}",
+                        self.path.display()
                     )))
                 }
             }
+            pos = next;
         }
+        let io_err = |e: std::io::Error| {
+            Error::internal(format!(
+                "cannot repair journal {}: {e}",
+                self.path.display()
+            ))
+        };
+        if good_end < data.len() {
+            self.file.set_len(good_end as u64).map_err(io_err)?;
+        }
+        let mut len = good_end as u64;
+        if good_end > 0 && data[good_end - 1] != b'\n' {
+            self.file.write_all(b"\n").map_err(io_err)?;
+            len += 1;
+        }
+        if len != data.len() as u64 {
+            self.file.sync_data().map_err(io_err)?;
+        }
+        self.bytes = len;
         Ok(out)
     }
 }
@@ -651,9 +687,39 @@ mod tests {
         let path = dir.path().join("j");
         let good = encode_record("a", &Op::Clear).unwrap();
         std::fs::write(&path, format!("{good}\n{{\"c\":\"a\",\"op\"")).unwrap();
-        let j = Journal::open(path.clone()).unwrap();
+        let mut j = Journal::open(path.clone()).unwrap();
         assert_eq!(j.load().unwrap().len(), 1);
         std::fs::write(&path, format!("garbage\n{good}\n")).unwrap();
         assert!(j.load().is_err());
+    }
+
+    #[test]
+    fn torn_tail_is_cut_so_the_next_append_is_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let good = encode_record("a", &Op::Clear).unwrap();
+        // A fragment cut inside a UTF-8 character, then a record without its newline.
+        let mut bytes = format!("{good}\n{{\"c\":\"a\",\"op\":\"caf").into_bytes();
+        bytes.push(0xC3);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut j = Journal::open(path.clone()).unwrap();
+        assert_eq!(j.load().unwrap().len(), 1);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            format!("{good}\n").into_bytes()
+        );
+        j.append(&[("b", &Op::Clear)]).unwrap();
+        assert_eq!(j.load().unwrap().len(), 2);
+
+        std::fs::write(&path, &good).unwrap();
+        let mut j = Journal::open(path.clone()).unwrap();
+        assert_eq!(j.load().unwrap().len(), 1);
+        j.append(&[("b", &Op::Clear)]).unwrap();
+        assert_eq!(
+            j.load().unwrap().len(),
+            2,
+            "a last record without newline is ended first"
+        );
+        assert_eq!(j.bytes, std::fs::metadata(&path).unwrap().len());
     }
 }
