@@ -128,6 +128,8 @@ export interface NativeSession {
   loadCreds(): Promise<string | null>
   saveCreds(credsJson: string): Promise<boolean>
   get(keyType: string, ids: string[]): Promise<string>
+  /** Synchronous: the answer when every id is in memory, else null (then call `get`). */
+  getCached(keyType: string, ids: string[]): string | null
   set(writesJson: string): Promise<void>
   clear(): Promise<void>
 }

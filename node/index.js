@@ -114,6 +114,17 @@ function parse (text) {
   return text.includes('"Buffer"') ? JSON.parse(text, bufferReviver) : JSON.parse(text)
 }
 
+// A get's JSON text -> {id: value}; app-state-sync-key values become protobuf objects
+// (fromObject, never create: create leaves keyData a string and breaks app-state sync).
+async function reviveGot (type, text) {
+  const out = parse(text)
+  if (type === 'app-state-sync-key') {
+    const B = await loadBaileys()
+    for (const id of Object.keys(out)) out[id] = B.proto.Message.AppStateSyncKeyData.fromObject(out[id])
+  }
+  return out
+}
+
 const isPlainObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v) &&
   !(v instanceof Uint8Array)
 
@@ -198,15 +209,10 @@ class Session {
       if (typeof type !== 'string') throw invalid('get: type must be a string')
       if (!Array.isArray(ids)) throw invalid('get: ids must be an array of strings')
       for (const id of ids) if (typeof id !== 'string') throw invalid(`get: ids must be strings, got ${typeof id}`)
-      return this._native.get(type, ids)
-    }).then(async (text) => {
-      const out = parse(text)
-      if (type === 'app-state-sync-key') {
-        const B = await loadBaileys()
-        for (const id of Object.keys(out)) out[id] = B.proto.Message.AppStateSyncKeyData.fromObject(out[id])
-      }
-      return out
-    })
+      // Answered from memory without an async hop when every id is cached.
+      const cached = this._native.getCached(type, ids)
+      return cached == null ? this._native.get(type, ids) : cached
+    }).then((text) => reviveGot(type, text))
   }
 
   set (data) {

@@ -75,12 +75,25 @@ impl Cache {
     /// Looks up one key; `None` when the cache knows nothing, `Some(None)` when it knows the
     /// key is absent.
     pub(crate) fn get(&self, key: &str) -> Option<Cached> {
+        self.lookup(key, true)
+    }
+
+    /// Like [`Cache::get`]; with `count` false the lookup is not counted as a hit or miss (a
+    /// fast path that may fall back to a counted lookup).
+    pub(crate) fn lookup(&self, key: &str, count: bool) -> Option<Cached> {
         let found = self.lock().lru.get(key).cloned();
-        match found {
-            Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
-            None => self.misses.fetch_add(1, Ordering::Relaxed),
-        };
+        if count {
+            match found {
+                Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
+                None => self.misses.fetch_add(1, Ordering::Relaxed),
+            };
+        }
         found
+    }
+
+    /// Counts `n` hits served by an uncounted fast path.
+    pub(crate) fn count_hits(&self, n: u64) {
+        self.hits.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Stores what the database said (or what a commit wrote) about `key`.

@@ -147,6 +147,8 @@ pub struct Config {
     /// Coalesce concurrent writes into shared commits. Off means one transaction per call.
     pub group_commit: bool,
     /// Parallel writer lanes for group commit (calls of one company always use the same lane).
+    /// Fewer lanes make fewer, larger commits (PostgreSQL's cost is per statement more than
+    /// per row); two keep one company's huge login burst from delaying everyone else.
     pub write_lanes: usize,
     /// What writes do during an outage.
     pub outage_policy: OutagePolicy,
@@ -190,7 +192,7 @@ impl Config {
             cache: CacheConfig::default(),
             ttl: TtlPolicy::default(),
             group_commit: true,
-            write_lanes: 4,
+            write_lanes: 2,
             outage_policy: OutagePolicy::Buffer,
             journal_path: None,
             max_pending_bytes: 64 * 1024 * 1024,

@@ -9,7 +9,7 @@ use tokio_postgres::types::Type;
 
 use crate::cache;
 use crate::error::{Error, Result};
-use crate::store::{discard_if_broken, Company, Inner};
+use crate::store::{discard_if_broken, Company, Inner, ShutdownOnDrop};
 use crate::validate;
 use crate::value::{parse_writes, KeyWrite, StoredValue};
 use crate::writer::{Op, WriteTicket};
@@ -20,6 +20,8 @@ use crate::writer::{Op, WriteTicket};
 pub struct Session {
     inner: Arc<Inner>,
     company: Arc<Company>,
+    /// Keeps the store running while a session is alive, even if every `Store` was dropped.
+    _guard: Arc<ShutdownOnDrop>,
 }
 
 impl std::fmt::Debug for Session {
@@ -35,8 +37,16 @@ const GET_SQL: &str = "SELECT key_id, value::text FROM whatsapp_keys
 const CREDS_SQL: &str = "SELECT creds::text FROM whatsapp_auth WHERE company_id = $1";
 
 impl Session {
-    pub(crate) fn new(inner: Arc<Inner>, company: Arc<Company>) -> Session {
-        Session { inner, company }
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        company: Arc<Company>,
+        guard: Arc<ShutdownOnDrop>,
+    ) -> Session {
+        Session {
+            inner,
+            company,
+            _guard: guard,
+        }
     }
 
     /// The validated company id.
@@ -156,13 +166,7 @@ impl Session {
             if !seen.insert(id) {
                 continue;
             }
-            let key = cache::key_of(&self.company.id, key_type, id);
-            let hit = self
-                .inner
-                .outage
-                .overlay_get(&self.company.id, &key)
-                .or_else(|| self.inner.cache.get(&key));
-            match hit {
+            match self.in_memory(key_type, id, true) {
                 Some(v) => known.push((id, v)),
                 None => {
                     missing.push(id);
@@ -208,30 +212,57 @@ impl Session {
             .collect())
     }
 
+    /// What memory (pending outage writes, then the cache) knows of one key: `None` when it
+    /// knows nothing, `Some(None)` when the key is known to be absent.
+    fn in_memory(&self, key_type: &str, id: &str, count: bool) -> Option<Option<StoredValue>> {
+        let key = cache::key_of(&self.company.id, key_type, id);
+        self.inner
+            .outage
+            .overlay_get(&self.company.id, &key)
+            .or_else(|| self.inner.cache.lookup(&key, count))
+    }
+
     /// [`Session::get`] as one JSON object text, `{"id": value, ...}`, for the bindings.
     pub async fn get_json<S: AsRef<str> + Sync>(
         &self,
         key_type: &str,
         ids: &[S],
     ) -> Result<String> {
-        let found = self.get(key_type, ids).await?;
-        let mut out = String::with_capacity(
-            2 + found
-                .iter()
-                .map(|(i, v)| i.len() + v.len() + 4)
-                .sum::<usize>(),
-        );
-        out.push('{');
-        for (n, (id, v)) in found.iter().enumerate() {
-            if n > 0 {
-                out.push(',');
-            }
-            out.push_str(&serde_json::to_string(id)?);
-            out.push(':');
-            out.push_str(v.as_str());
+        json_object(&self.get(key_type, ids).await?)
+    }
+
+    /// [`Session::get_json`] answered from memory alone, without waiting: `Ok(None)` when any id
+    /// is not in memory (then call `get_json`). The hot path of a Signal session needs no
+    /// database round trip, and a binding can skip its async hop for it.
+    pub fn get_json_cached<S: AsRef<str>>(
+        &self,
+        key_type: &str,
+        ids: &[S],
+    ) -> Result<Option<String>> {
+        self.check_open()?;
+        let started = Instant::now();
+        validate::key_type(key_type)?;
+        if ids.len() > validate::MAX_IDS_PER_GET {
+            return Ok(None);
         }
-        out.push('}');
-        Ok(out)
+        let mut seen = HashSet::with_capacity(ids.len());
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id = id.as_ref();
+            validate::key_id(id)?;
+            if !seen.insert(id) {
+                continue;
+            }
+            match self.in_memory(key_type, id, false) {
+                None => return Ok(None),
+                Some(None) => {}
+                Some(Some(v)) => found.push((id.to_string(), v)),
+            }
+        }
+        self.inner.cache.count_hits(seen.len() as u64);
+        let out = json_object(&found)?;
+        self.inner.metrics.record("get", started.elapsed(), true);
+        Ok(Some(out))
     }
 
     /// Applies upserts and deletes atomically; returns after the commit.
@@ -312,4 +343,25 @@ impl Session {
         }
         result
     }
+}
+
+/// `{"id": value, ...}` from found pairs; the values are already JSON text.
+fn json_object(found: &[(String, StoredValue)]) -> Result<String> {
+    let mut out = String::with_capacity(
+        2 + found
+            .iter()
+            .map(|(i, v)| i.len() + v.len() + 4)
+            .sum::<usize>(),
+    );
+    out.push('{');
+    for (n, (id, v)) in found.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(id)?);
+        out.push(':');
+        out.push_str(v.as_str());
+    }
+    out.push('}');
+    Ok(out)
 }

@@ -276,6 +276,13 @@ impl NativeSession {
         })
     }
 
+    /// `{"id": value, ...}` as JSON text when every id is answered from memory, else null
+    /// (then call `get`). Synchronous: the hot path skips the async hop.
+    #[napi(catch_unwind)]
+    pub fn get_cached(&self, key_type: String, ids: Vec<String>) -> napi::Result<Option<String>> {
+        self.session.get_json_cached(&key_type, &ids).map_err(to_js)
+    }
+
     /// Resolves to `{"id": value, ...}` as JSON text; missing ids are absent.
     #[napi(catch_unwind)]
     pub fn get(&self, env: Env, key_type: String, ids: Vec<String>) -> napi::Result<JsObject> {

@@ -1,0 +1,37 @@
+//! Criterion benchmarks of the value codec on real Baileys values (the fixture corpus): what
+//! a `set` costs before any SQL (parse, revive buffers, re-encode), per key type.
+//!
+//! Run: `cargo bench --bench codec`.
+
+use authstate::parse_writes;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use serde_json::Value;
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/tests/fixtures/baileys/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read_to_string(path).expect("fixture");
+    let v: Value = serde_json::from_str(&text).expect("json");
+    v["canonical"].clone()
+}
+
+fn benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parse_writes");
+    for (name, ty) in [
+        ("session-2.json", "session"),
+        ("sender-key-1.json", "sender-key"),
+        ("pre-key-0.json", "pre-key"),
+        ("creds.json", "creds"),
+    ] {
+        let value = fixture(name);
+        let text = serde_json::json!({ ty: { "5511999999999_1.0": value } }).to_string();
+        g.throughput(Throughput::Bytes(text.len() as u64));
+        g.bench_function(ty, |b| b.iter(|| parse_writes(&text).expect("parse")));
+    }
+    g.finish();
+}
+
+criterion_group!(codec, benches);
+criterion_main!(codec);
