@@ -143,6 +143,29 @@ pub(crate) fn discard_if_broken(client: deadpool_postgres::Object, e: &Error) {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
+    guard: Arc<ShutdownOnDrop>,
+}
+
+/// Held by every [`Store`] and [`Session`] clone. When the last one is dropped without
+/// [`Store::close`], the writer lanes' channels are closed (queued writes still drain) and the
+/// background tasks stop, so the lanes, the pool and the cache are freed instead of keeping
+/// each other alive.
+pub(crate) struct ShutdownOnDrop(Arc<Inner>);
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        self.0
+            .lanes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let tasks = std::mem::take(&mut *self.0.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for (i, t) in tasks.into_iter().enumerate() {
+            if i >= self.0.lane_count {
+                t.abort();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -255,7 +278,8 @@ impl Store {
             // Replay before anything else; if it fails the reconnect loop keeps trying.
             let _ = crate::outage::try_recover(&inner).await;
         }
-        Ok(Store { inner })
+        let guard = Arc::new(ShutdownOnDrop(inner.clone()));
+        Ok(Store { inner, guard })
     }
 
     /// Applies pending migrations (see [`crate::migrate`]).
@@ -278,7 +302,15 @@ impl Store {
         Ok(Session::new(
             self.inner.clone(),
             self.inner.company(company_id),
+            self.guard.clone(),
         ))
+    }
+
+    /// A weak handle on the shared state, so tests can check that dropping every handle
+    /// frees the store. Not part of the API.
+    #[doc(hidden)]
+    pub fn downgrade_for_tests(&self) -> Weak<impl Sized> {
+        Arc::downgrade(&self.inner)
     }
 
     /// The connection described without its password.

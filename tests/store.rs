@@ -480,3 +480,35 @@ async fn closed_store_refuses_calls() {
     ));
     assert!(matches!(store.session("acme").await, Err(Error::Closed(_))));
 }
+
+#[tokio::test]
+async fn dropping_the_store_without_close_frees_it_and_keeps_queued_writes() {
+    let (store, url) = common::store("drop").await;
+    let s = store.session("acme").await.unwrap();
+    let weak = store.downgrade_for_tests();
+    let ticket = s
+        .set_begin(vec![KeyWrite::put("session", "a", v(json!(1))).unwrap()])
+        .unwrap();
+    drop(store);
+    drop(s);
+    // The queued write still commits, then lanes and background tasks let go of the store.
+    ticket.wait().await.unwrap();
+    for _ in 0..100 {
+        if weak.strong_count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        weak.strong_count(),
+        0,
+        "the store is still alive after every handle was dropped"
+    );
+    let db = common::sql(&url).await;
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM whatsapp_keys", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
