@@ -330,13 +330,7 @@ impl Session {
             let stmt = client.prepare_typed_cached(sql, types).await?;
             Ok::<_, Error>(client.query(&stmt, params).await?)
         };
-        let result = match tokio::time::timeout(bound, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout(format!(
-                "read did not finish within {} ms",
-                bound.as_millis()
-            ))),
-        };
+        let result = crate::store::bounded(bound, "read", fut).await;
         if let Err(e) = &result {
             self.inner.on_error(e);
             discard_if_broken(client, e);

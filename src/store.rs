@@ -129,6 +129,22 @@ impl Inner {
     }
 }
 
+/// Runs a database call, failing with [`Error::Timeout`] when it takes longer than `bound`
+/// (a hung network must not hang the caller).
+pub(crate) async fn bounded<T>(
+    bound: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(bound, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout(format!(
+            "{what} did not finish within {} ms",
+            bound.as_millis()
+        ))),
+    }
+}
+
 /// Drops a connection that failed in a way that may leave it unusable, instead of returning
 /// it to the pool (a timed-out query may still be running on it).
 pub(crate) fn discard_if_broken(client: deadpool_postgres::Object, e: &Error) {

@@ -262,48 +262,35 @@ impl TempCluster {
     pub fn create_database(&self, name: &str) -> Result<()> {
         crate::validate::company_id(name)
             .map_err(|_| Error::invalid("database names are limited to [A-Za-z0-9_-]"))?;
-        let exists = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                &self.socket_dir().display().to_string(),
-                "-p",
-                &self.port.to_string(),
-            ])
-            .args(["-U", "postgres", "-d", "postgres", "-tAc"])
-            .arg(format!(
-                "SELECT 1 FROM pg_database WHERE datname = '{name}'"
-            ))
-            .output()
-            .map_err(|e| io_err("psql", e))?;
-        if String::from_utf8_lossy(&exists.stdout).trim() == "1" {
-            return Ok(());
+        let exists = self.psql(&format!(
+            "SELECT 1 FROM pg_database WHERE datname = '{name}'"
+        ))?;
+        if exists.trim() != "1" {
+            self.psql(&format!("CREATE DATABASE \"{name}\""))?;
         }
+        Ok(())
+    }
+
+    /// Runs one SQL command as `postgres` on the socket; its unaligned output.
+    fn psql(&self, sql: &str) -> Result<String> {
         let out = Command::new(self.bin.join("psql"))
+            .arg("-h")
+            .arg(self.socket_dir())
             .args([
-                "-h",
-                &self.socket_dir().display().to_string(),
                 "-p",
                 &self.port.to_string(),
-            ])
-            .args([
                 "-U",
                 "postgres",
                 "-d",
                 "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
             ])
-            .arg(format!("CREATE DATABASE \"{name}\""))
+            .args(["-v", "ON_ERROR_STOP=1", "-tAc", sql])
             .output()
             .map_err(|e| io_err("psql", e))?;
         if !out.status.success() {
-            return Err(io_err(
-                "create database",
-                String::from_utf8_lossy(&out.stderr),
-            ));
+            return Err(io_err("psql", String::from_utf8_lossy(&out.stderr)));
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// A process that stops the server and removes the directory once we are gone.

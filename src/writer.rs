@@ -322,13 +322,7 @@ pub(crate) async fn commit(inner: &Inner, ops: &[(&Company, &Op)]) -> Result<()>
             Ok(())
         }
     };
-    let result = match tokio::time::timeout(bound, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Timeout(format!(
-            "write did not finish within {} ms",
-            bound.as_millis()
-        ))),
-    };
+    let result = crate::store::bounded(bound, "write", fut).await;
     if let Err(e) = &result {
         crate::store::discard_if_broken(client, e);
     }

@@ -75,9 +75,23 @@ async function admin (url, sql) {
   try { return await c.query(sql) } finally { await c.end() }
 }
 
-// -> { url, query(sql, params), close() }
-async function freshDatabase () {
-  let serverUrl = process.env.DATABASE_URL
+// Stops / starts the server of a throwaway cluster (info: what `authstate tempdb` printed).
+// pg_ctl waits (-w) until the server is down / accepting connections.
+function pgCtl (info, args) {
+  const [cmd, ...rest] = info.pg_ctl
+  const r = spawnSync(cmd, [...rest, ...args], { encoding: 'utf8', timeout: 120000 })
+  if (r.status !== 0) {
+    throw new Error(`pg_ctl ${args.join(' ')} failed (${r.status}): ${r.stderr || r.stdout || r.error}`)
+  }
+}
+const stopServer = (info) => pgCtl(info, ['-m', 'immediate', '-w', 'stop'])
+const startServer = (info) => pgCtl(info, ['-l', path.join(info.data_dir, '..', 'server.log'), '-w', 'start'])
+
+// -> { url, query(sql, params), close(), cluster? }
+// opts.ownCluster: always start a throwaway cluster, even when DATABASE_URL is set (for tests
+// that stop and start the server); then `stopServer()` / `startServer()` are available.
+async function freshDatabase (opts = {}) {
+  let serverUrl = opts.ownCluster ? undefined : process.env.DATABASE_URL
   let cluster
   if (!serverUrl) {
     cluster = await startTempCluster()
@@ -88,10 +102,14 @@ async function freshDatabase () {
   const url = withDatabase(serverUrl, name)
   const { Pool } = require('pg')
   const pool = new Pool({ connectionString: url, max: 2 })
+  // An idle client whose server went away emits 'error' on the pool: not a crash.
+  pool.on('error', () => {})
   return {
     url,
     name,
     cluster,
+    stopServer: cluster ? () => stopServer(cluster.info) : undefined,
+    startServer: cluster ? () => startServer(cluster.info) : undefined,
     query: (sql, params) => pool.query(sql, params),
     async close () {
       await pool.end()
@@ -103,4 +121,4 @@ async function freshDatabase () {
   }
 }
 
-module.exports = { freshDatabase, startTempCluster, authstateBinary, targetDir, ROOT }
+module.exports = { freshDatabase, startTempCluster, stopServer, startServer, authstateBinary, targetDir, ROOT }
