@@ -33,7 +33,11 @@ use crate::writer::{self, Op, Request};
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`], with +-25 % jitter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest delay between two reconnect attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The journal is rewritten from the live pending calls once it is this many times larger.
+const JOURNAL_COMPACT_RATIO: u64 = 4;
+/// ... and at least this large, so small journals are never rewritten.
+const JOURNAL_COMPACT_MIN: u64 = 1 << 20;
 
 /// The outage state as the health report and the bindings show it.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -89,6 +93,9 @@ struct State {
     last_error: Option<String>,
     pending: Vec<PendingCall>,
     pending_bytes: usize,
+    /// Leading pending calls a replay is writing right now: never coalesced into, because the
+    /// replay drains exactly that many calls when it commits.
+    replaying: usize,
     /// The last pending value of each key (read-your-writes while down).
     overlay: HashMap<String, Cached>,
     /// Companies with a pending `clear`: their keys not in `overlay` are absent.
@@ -246,10 +253,24 @@ impl Outage {
             self.journal_bytes.store(j.bytes, Ordering::Relaxed);
         }
         for r in batch {
+            coalesce(&mut st, &r.company, &r.op);
             st.pending_bytes += r.op.bytes();
             overlay_apply(&mut st, &r.company, &r.op);
             st.pending.push(Arc::new((r.company, r.op)));
             let _ = r.reply.send(Ok(()));
+        }
+        if let Some(j) = &self.journal {
+            let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
+            let live = st.pending_bytes as u64;
+            if j.bytes > JOURNAL_COMPACT_MIN && j.bytes > live.saturating_mul(JOURNAL_COMPACT_RATIO)
+            {
+                let ops: Vec<(&str, &Op)> = st.pending.iter().map(|p| (&*p.0.id, &p.1)).collect();
+                // On failure the long journal stays valid (it replays to the same state).
+                if let Err(e) = j.rewrite(&ops) {
+                    tracing::warn!(error = %e, "could not compact the outage journal");
+                }
+                self.journal_bytes.store(j.bytes, Ordering::Relaxed);
+            }
         }
         self.has_overlay.store(true, Ordering::Release);
         None
@@ -268,6 +289,7 @@ impl Outage {
         let mut st = self.lock();
         for (company, op) in records {
             let company = inner.company(&company);
+            coalesce(&mut st, &company, &op);
             st.pending_bytes += op.bytes();
             overlay_apply(&mut st, &company, &op);
             st.pending.push(Arc::new((company, op)));
@@ -347,6 +369,57 @@ impl Outage {
     }
 }
 
+/// Drops from the pending calls (behind any being replayed) what `op` of `company` supersedes:
+/// the earlier writes of the same keys, earlier creds, or everything earlier of the company for
+/// a `clear`. Calls left empty go. The order of what remains is kept, so replaying it gives the
+/// same final state as replaying every call, and the pending log grows with the number of
+/// distinct keys written during an outage, not with its length.
+fn coalesce(st: &mut State, company: &Arc<Company>, op: &Op) {
+    let keys: HashSet<(&str, &str)> = match op {
+        Op::Keys(w) => w
+            .iter()
+            .map(|k| (k.key_type.as_str(), k.key_id.as_str()))
+            .collect(),
+        Op::Creds(_) | Op::Clear => HashSet::new(),
+    };
+    let start = st.replaying.min(st.pending.len());
+    let mut removed = 0usize;
+    for call in st.pending[start..].iter_mut() {
+        if !Arc::ptr_eq(&call.0, company) && call.0.id != company.id {
+            continue;
+        }
+        let before = call.1.bytes();
+        let superseded_whole = match (&call.1, op) {
+            (_, Op::Clear) => true,
+            (Op::Creds(_), Op::Creds(_)) => true,
+            (Op::Keys(old), Op::Keys(_)) => old
+                .iter()
+                .all(|k| keys.contains(&(k.key_type.as_str(), k.key_id.as_str()))),
+            _ => false,
+        };
+        if superseded_whole {
+            Arc::make_mut(call).1 = Op::Keys(Vec::new());
+        } else if let (Op::Keys(old), Op::Keys(_)) = (&call.1, op) {
+            if old
+                .iter()
+                .any(|k| keys.contains(&(k.key_type.as_str(), k.key_id.as_str())))
+            {
+                if let Op::Keys(w) = &mut Arc::make_mut(call).1 {
+                    w.retain(|k| !keys.contains(&(k.key_type.as_str(), k.key_id.as_str())));
+                }
+            }
+        }
+        removed += before - call.1.bytes();
+    }
+    let mut i = 0usize;
+    st.pending.retain(|call| {
+        let keep = i < start || !matches!(&call.1, Op::Keys(w) if w.is_empty());
+        i += 1;
+        keep
+    });
+    st.pending_bytes = st.pending_bytes.saturating_sub(removed);
+}
+
 fn overlay_apply(st: &mut State, company: &Arc<Company>, op: &Op) {
     match op {
         Op::Keys(writes) => {
@@ -410,11 +483,17 @@ pub(crate) async fn try_recover(inner: &Arc<Inner>) -> Result<()> {
             }
         } else {
             let ops: Vec<(&Company, &Op)> = snapshot.iter().map(|p| (&*p.0, &p.1)).collect();
-            writer::commit(inner, &ops).await?;
+            outage.lock().replaying = snapshot.len();
+            let committed = writer::commit(inner, &ops).await;
+            if let Err(e) = committed {
+                outage.lock().replaying = 0;
+                return Err(e);
+            }
             writer::apply_committed(inner, &ops);
         }
         let mut st = outage.lock();
         st.pending.drain(..snapshot.len());
+        st.replaying = 0;
         st.pending_bytes = st.pending.iter().map(|p| p.1.bytes()).sum();
         st.overlay.clear();
         st.cleared.clear();
@@ -517,6 +596,33 @@ impl Journal {
         self.file.write_all(buf.as_bytes())?;
         self.file.sync_data()?;
         self.bytes += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Replaces the journal with `ops` (the live pending calls): written to a temporary file,
+    /// fsynced, renamed over the journal and the directory fsynced, so a crash leaves either
+    /// the old or the new journal, both of which replay to the same state.
+    fn rewrite(&mut self, ops: &[(&str, &Op)]) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("compact");
+        let mut buf = String::new();
+        for (company, op) in ops {
+            buf.push_str(&encode_record(company, op)?);
+            buf.push('\n');
+        }
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(buf.as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+        self.file = OpenOptions::new()
+            .append(true)
+            .read(true)
+            .open(&self.path)?;
+        self.bytes = buf.len() as u64;
         Ok(())
     }
 

@@ -1543,3 +1543,126 @@ async fn torn_journal_tail_then_more_writes_are_all_replayed() {
     assert_eq!(lost, 0);
     store.close().await.expect("close");
 }
+
+/// A long outage on a few hot keys (what Signal traffic looks like: the same session records
+/// rewritten on every message) keeps the pending log and the journal proportional to the keys,
+/// not to the number of calls; while recovery replays, writes keep arriving and the last
+/// acknowledged value of every key wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_writes_coalesce_per_key_and_the_journal_stays_compact() {
+    let _serial = SERIAL.lock().await;
+    let pg = Pg::start().await;
+    let url = pg.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("j");
+    let store = open(config_with_journal(&url, &journal)).await;
+    let a = store.session("alpha").await.expect("session");
+    let b = store.session("bravo").await.expect("session");
+    b.set(vec![put("pre-key", "before-clear", &val(json!(1)))])
+        .await
+        .expect("committed");
+    pg.stop().await;
+    let r = a.get("session", &ids(&["unknown"])).await;
+    assert!(matches!(r, Err(Error::Unavailable(_))), "{r:?}");
+
+    let record = |n: u64| val(json!({"n": n, "blob": b64(&bytes_for(n, 1500))}));
+    let calls = 1500u64;
+    for n in 0..calls {
+        a.set(vec![
+            put("session", "peer-1", &record(n)),
+            put("session", &format!("peer-{}", n % 3 + 2), &record(n)),
+        ])
+        .await
+        .expect("kept");
+        b.set(vec![put("sender-key", "group::me", &record(n))])
+            .await
+            .expect("kept");
+        if n % 100 == 50 {
+            a.save_creds(val(json!({"registrationId": n})))
+                .await
+                .expect("kept");
+        }
+        if n == 700 {
+            b.clear().await.expect("kept");
+        }
+    }
+    a.set(vec![KeyWrite::delete("session", "peer-4").expect("delete")])
+        .await
+        .expect("kept");
+    let st = status(&store);
+    eprintln!(
+        "coalescing: {} calls acknowledged during the outage -> {} pending calls, {} pending bytes, journal {} bytes",
+        calls * 2 + 16,
+        st.pending_calls,
+        st.pending_bytes,
+        st.journal_bytes
+    );
+    assert!(st.down);
+    assert!(
+        st.pending_calls <= 10,
+        "pending calls grow with calls, not keys: {st:?}"
+    );
+    assert!(st.pending_bytes < 6 * 2100, "pending bytes: {st:?}");
+    assert!(
+        st.journal_bytes < 4 << 20,
+        "the journal was not compacted: {st:?}"
+    );
+    // Reads during the outage see the last writes.
+    let got = a
+        .get("session", &ids(&["peer-1", "peer-4"]))
+        .await
+        .expect("read-your-writes");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1.to_value()["n"], json!(calls - 1));
+
+    // Recovery while writes keep coming: the last acknowledged value of each key wins.
+    pg.start_server().await;
+    let mut last = calls - 1;
+    while status(&store).down {
+        last += 1;
+        a.set(vec![put("session", "peer-1", &record(last))])
+            .await
+            .expect("kept");
+    }
+    last += 1;
+    a.set(vec![put("session", "peer-1", &record(last))])
+        .await
+        .expect("committed");
+    let keys = db_keys(&url, "alpha").await;
+    assert_eq!(
+        keys[&("session".to_string(), "peer-1".to_string())]["n"],
+        json!(last)
+    );
+    assert!(!keys.contains_key(&("session".to_string(), "peer-4".to_string())));
+    for p in [2, 3] {
+        let n = keys[&("session".to_string(), format!("peer-{p}"))]["n"]
+            .as_u64()
+            .expect("n");
+        assert_eq!(
+            n % 3 + 2,
+            p,
+            "peer-{p} holds a value written for another key"
+        );
+        assert!(n + 3 >= calls, "peer-{p} holds an old value {n}");
+    }
+    assert_eq!(
+        db_creds(&url, "alpha").await,
+        Some(json!({"registrationId": 1450}))
+    );
+    let b_keys = db_keys(&url, "bravo").await;
+    assert_eq!(
+        b_keys.len(),
+        1,
+        "the clear removed what came before it: {b_keys:?}"
+    );
+    assert_eq!(
+        b_keys[&("sender-key".to_string(), "group::me".to_string())]["n"],
+        json!(calls - 1)
+    );
+    assert_eq!(
+        std::fs::metadata(&journal).expect("journal").len(),
+        0,
+        "journal truncated after replay"
+    );
+    store.close().await.expect("close");
+}
