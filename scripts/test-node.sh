@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Node addon tests: installs the npm dependencies (registry only), builds the addon and the
-# `authstate` binary (for `authstate tempdb` when DATABASE_URL is not set), runs node:test.
+# `authstate` binary (for `authstate tempdb`: the outage test always runs its own cluster), runs node:test.
 # Exits non-zero on any failure.
 #   scripts/test-node.sh             debug build (default; AUTHSTATE_NODE_PROFILE=release for release)
 set -euo pipefail
@@ -16,11 +16,11 @@ fi
 
 if [ "$profile" = release ]; then
   node scripts/build.js
-  [ -n "${DATABASE_URL:-}" ] || cargo build --release --bin authstate --manifest-path "$ROOT/Cargo.toml"
+  cargo build --release --bin authstate --manifest-path "$ROOT/Cargo.toml"
   export AUTHSTATE_BIN=${AUTHSTATE_BIN:-$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')/release/authstate}
 else
   node scripts/build.js --debug
-  [ -n "${DATABASE_URL:-}" ] || cargo build --bin authstate --manifest-path "$ROOT/Cargo.toml"
+  cargo build --bin authstate --manifest-path "$ROOT/Cargo.toml"
 fi
 
 node --test --test-concurrency=1 test/*.test.js
