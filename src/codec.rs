@@ -75,6 +75,92 @@ pub fn canonical_text(json: &str) -> Result<String> {
     Ok(serde_json::to_string(&v)?)
 }
 
+/// True when valid JSON text `json` may hold a buffer node, so [`canonicalize`] could change
+/// it. False is a proof: no `"Buffer"`/`"buffer"` string anywhere, and no object whose first
+/// key (in text order) passes `parseInt` while its first value is a number; a numeric-key
+/// buffer needs every key and every value to pass, so the first pair decides. Conservative:
+/// anything unusual in a first key (escape, white space, non-ASCII) answers true.
+///
+/// Lets reads of stored values without buffers (libsignal session records) skip a parse and a
+/// re-encode. Only for text known to be valid JSON, such as PostgreSQL's `jsonb` output.
+pub fn may_hold_buffer(json: &str) -> bool {
+    let b = json.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                let end = string_end(b, i + 1);
+                if is_buffer_word(&b[i + 1..end]) {
+                    return true;
+                }
+                i = end + 1;
+            }
+            b'{' => {
+                let k = skip_ws(b, i + 1);
+                if k < b.len() && b[k] == b'"' {
+                    let end = string_end(b, k + 1);
+                    let key = &b[k + 1..end];
+                    if is_buffer_word(key) {
+                        return true;
+                    }
+                    if key_may_parse_int(key) {
+                        let colon = skip_ws(b, end + 1);
+                        let v = skip_ws(b, colon + 1);
+                        if v < b.len() && (b[v] == b'-' || b[v].is_ascii_digit()) {
+                            return true;
+                        }
+                    }
+                    i = end + 1;
+                } else {
+                    i = k;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+fn is_buffer_word(s: &[u8]) -> bool {
+    s == b"Buffer" || s == b"buffer"
+}
+
+/// Index of the closing quote of the string whose text starts at `start` (or the end).
+fn string_end(b: &[u8], start: usize) -> usize {
+    let mut j = start;
+    while j < b.len() {
+        match b[j] {
+            b'\\' => j += 2,
+            b'"' => return j,
+            _ => j += 1,
+        }
+    }
+    b.len()
+}
+
+fn skip_ws(b: &[u8], mut j: usize) -> usize {
+    while j < b.len() && matches!(b[j], b' ' | b'\t' | b'\n' | b'\r') {
+        j += 1;
+    }
+    j
+}
+
+/// Whether `parseInt(key, 10)` might not be NaN: a digit, a sign, white space, an escape or a
+/// non-ASCII character (JavaScript white space) first. Empty keys cannot parse.
+fn key_may_parse_int(key: &[u8]) -> bool {
+    match key.first() {
+        None => false,
+        Some(&c) => {
+            c.is_ascii_digit()
+                || c >= 0x80
+                || matches!(
+                    c,
+                    b'+' | b'-' | b'\\' | b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c
+                )
+        }
+    }
+}
+
 fn check_no_nul(s: &str) -> Result<()> {
     if s.contains('\0') {
         return Err(Error::invalid(
@@ -296,6 +382,30 @@ mod tests {
         assert!(canonicalize(&mut v).is_err());
         let mut v = json!({"a\u{0}": 1});
         assert!(canonicalize(&mut v).is_err());
+    }
+
+    #[test]
+    fn may_hold_buffer_finds_every_shape_and_passes_plain_records() {
+        for yes in [
+            r#"{"a": {"data": "AQI=", "type": "Buffer"}}"#,
+            r#"{"buffer": true, "value": "AQ=="}"#,
+            r#"[{"x": 1}, {"0": 5, "1": 6}]"#,
+            r#"{"k": {" 1": 5}}"#,
+            r#"{"k": {"-1": -5}}"#,
+            r#"{"k": {"\u00a01": 5}}"#,
+        ] {
+            assert!(may_hold_buffer(yes), "{yes}");
+        }
+        for no in [
+            r#"{"_sessions": {"BQ==": {"messageKeys": {"0": "AAEC", "1": "AQID"}, "n": 5}}, "version": "v1"}"#,
+            r#"{"123@s.whatsapp.net": true}"#,
+            r#"["0", "12"]"#,
+            r#""Buffer is a word here only as \"text\" of a longer string""#,
+            r#"{"": 1}"#,
+            r#"{}"#,
+        ] {
+            assert!(!may_hold_buffer(no), "{no}");
+        }
     }
 
     #[test]

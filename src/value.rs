@@ -41,6 +41,10 @@ impl StoredValue {
     /// Wraps text read back from PostgreSQL, reviving any legacy buffer shape in it. Rows too
     /// big for a write are still returned: refusing to read stored data would lose it.
     pub(crate) fn from_db(text: &str) -> Result<StoredValue> {
+        // jsonb output is valid JSON: without a buffer candidate it is already canonical.
+        if !codec::may_hold_buffer(text) {
+            return Ok(StoredValue(text.into()));
+        }
         let mut value: Value = serde_json::from_str(text)
             .map_err(|e| Error::Database(format!("stored value is not JSON: {e}")))?;
         codec::canonicalize(&mut value)

@@ -155,3 +155,46 @@ fn random_trees_round_trip_through_postgres() {
         store.close().await.unwrap();
     });
 }
+
+/// Objects that look like buffers to a careless scanner: numeric keys with string values
+/// (libsignal's `messageKeys`), mixed values, signed and spaced keys.
+fn numeric_key_objects() -> impl Strategy<Value = Value> {
+    let key = prop_oneof![
+        "[0-9]{1,3}",
+        "-[0-9]{1,2}",
+        " [0-9]",
+        "[0-9]x",
+        "[a-z]{1,4}"
+    ];
+    let val = prop_oneof![
+        any::<u8>().prop_map(|n| json!(n)),
+        (-300i64..300).prop_map(|n| json!(n)),
+        "[A-Za-z0-9+/=]{0,12}".prop_map(Value::String),
+        Just(json!(true)),
+    ];
+    proptest::collection::vec((key, val), 0..6)
+        .prop_map(|pairs| Value::Object(pairs.into_iter().collect()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// The read fast path: when the scanner says a text holds no buffer candidate, the full
+    /// canonicalization must leave it exactly as it is, whatever the formatting.
+    #[test]
+    fn no_buffer_candidate_means_canonicalize_changes_nothing(
+        tree in prop_oneof![plain_json(), numeric_key_objects(), tree_with_buffers().prop_map(|(shaped, _)| shaped)],
+        pretty in any::<bool>(),
+    ) {
+        let text = if pretty { serde_json::to_string_pretty(&tree).unwrap() } else { serde_json::to_string(&tree).unwrap() };
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        let mut canon = parsed.clone();
+        canonicalize(&mut canon).unwrap();
+        if !authstate::codec::may_hold_buffer(&text) {
+            prop_assert_eq!(&canon, &parsed, "scanner missed a buffer in {}", text);
+        }
+        if canon != parsed {
+            prop_assert!(authstate::codec::may_hold_buffer(&text));
+        }
+    }
+}
