@@ -42,7 +42,7 @@ export interface OpenStoreOptions {
   idleTimeoutMs?: number
   /** Coalesce concurrent writes into shared commits (default true). */
   groupCommit?: boolean
-  /** Parallel writer lanes (default 4); one company always uses the same lane. */
+  /** Parallel writer lanes (default 2); one company always uses the same lane. */
   writeLanes?: number
   /** Read cache bound in entries (default 200000). */
   cacheMaxEntries?: number
