@@ -121,6 +121,29 @@ pub fn may_hold_buffer(json: &str) -> bool {
     false
 }
 
+/// Valid JSON text without the white space between tokens, as `serde_json` writes it; what a
+/// value read from `jsonb` (which writes `", "` and `": "`) looks like when handed out, so the
+/// text of a value does not depend on whether it came from the cache or the database.
+pub fn minify_json(json: &str) -> String {
+    let b = json.as_bytes();
+    let mut out = String::with_capacity(json.len());
+    let mut i = 0;
+    let mut start = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => i = string_end(b, i + 1) + 1,
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                out.push_str(&json[start..i]);
+                i += 1;
+                start = i;
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&json[start.min(json.len())..]);
+    out
+}
+
 fn is_buffer_word(s: &[u8]) -> bool {
     s == b"Buffer" || s == b"buffer"
 }
@@ -406,6 +429,15 @@ mod tests {
         ] {
             assert!(!may_hold_buffer(no), "{no}");
         }
+    }
+
+    #[test]
+    fn minify_keeps_strings_and_drops_token_space() {
+        assert_eq!(
+            minify_json(r#"{"a": [1, "x y ", {"b": true}], "c\" d": "e\\ "}"#),
+            r#"{"a":[1,"x y ",{"b":true}],"c\" d":"e\\ "}"#
+        );
+        assert_eq!(minify_json("  [ ]\n"), "[]");
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl StoredValue {
     pub(crate) fn from_db(text: &str) -> Result<StoredValue> {
         // jsonb output is valid JSON: without a buffer candidate it is already canonical.
         if !codec::may_hold_buffer(text) {
-            return Ok(StoredValue(text.into()));
+            return Ok(StoredValue(codec::minify_json(text).into()));
         }
         let mut value: Value = serde_json::from_str(text)
             .map_err(|e| Error::Database(format!("stored value is not JSON: {e}")))?;

@@ -192,6 +192,10 @@ proptest! {
         canonicalize(&mut canon).unwrap();
         if !authstate::codec::may_hold_buffer(&text) {
             prop_assert_eq!(&canon, &parsed, "scanner missed a buffer in {}", text);
+            // The fast path hands out the minified text: the same tree, compact like serde's.
+            let min = authstate::codec::minify_json(&text);
+            prop_assert_eq!(serde_json::from_str::<Value>(&min).unwrap(), parsed.clone());
+            prop_assert_eq!(min, serde_json::to_string(&parsed).unwrap());
         }
         if canon != parsed {
             prop_assert!(authstate::codec::may_hold_buffer(&text));
