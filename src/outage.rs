@@ -376,40 +376,24 @@ impl Outage {
 /// distinct keys written during an outage, not with its length.
 fn coalesce(st: &mut State, company: &Arc<Company>, op: &Op) {
     let keys: HashSet<(&str, &str)> = match op {
-        Op::Keys(w) => w
-            .iter()
-            .map(|k| (k.key_type.as_str(), k.key_id.as_str()))
-            .collect(),
+        Op::Keys(w) => w.iter().map(|k| (&*k.key_type, &*k.key_id)).collect(),
         Op::Creds(_) | Op::Clear => HashSet::new(),
     };
     let start = st.replaying.min(st.pending.len());
     let mut removed = 0usize;
     for call in st.pending[start..].iter_mut() {
-        if !Arc::ptr_eq(&call.0, company) && call.0.id != company.id {
+        if call.0.id != company.id {
             continue;
         }
         let before = call.1.bytes();
-        let superseded_whole = match (&call.1, op) {
-            (_, Op::Clear) => true,
-            (Op::Creds(_), Op::Creds(_)) => true,
-            (Op::Keys(old), Op::Keys(_)) => old
-                .iter()
-                .all(|k| keys.contains(&(k.key_type.as_str(), k.key_id.as_str()))),
-            _ => false,
-        };
-        if superseded_whole {
-            Arc::make_mut(call).1 = Op::Keys(Vec::new());
-        } else if let (Op::Keys(old), Op::Keys(_)) = (&call.1, op) {
-            if old
-                .iter()
-                .any(|k| keys.contains(&(k.key_type.as_str(), k.key_id.as_str())))
-            {
-                if let Op::Keys(w) = &mut Arc::make_mut(call).1 {
-                    w.retain(|k| !keys.contains(&(k.key_type.as_str(), k.key_id.as_str())));
-                }
-            }
+        // Pending calls are not shared outside the log past `start`: this does not copy.
+        let old = &mut Arc::make_mut(call).1;
+        match (&mut *old, op) {
+            (_, Op::Clear) | (Op::Creds(_), Op::Creds(_)) => *old = Op::Keys(Vec::new()),
+            (Op::Keys(w), Op::Keys(_)) => w.retain(|k| !keys.contains(&(&*k.key_type, &*k.key_id))),
+            _ => {}
         }
-        removed += before - call.1.bytes();
+        removed += before - old.bytes();
     }
     let mut i = 0usize;
     st.pending.retain(|call| {
@@ -588,11 +572,7 @@ impl Journal {
     }
 
     fn append(&mut self, ops: &[(&str, &Op)]) -> std::io::Result<()> {
-        let mut buf = String::new();
-        for (company, op) in ops {
-            buf.push_str(&encode_record(company, op)?);
-            buf.push('\n');
-        }
+        let buf = encode_records(ops)?;
         self.file.write_all(buf.as_bytes())?;
         self.file.sync_data()?;
         self.bytes += buf.len() as u64;
@@ -604,11 +584,7 @@ impl Journal {
     /// the old or the new journal, both of which replay to the same state.
     fn rewrite(&mut self, ops: &[(&str, &Op)]) -> std::io::Result<()> {
         let tmp = self.path.with_extension("compact");
-        let mut buf = String::new();
-        for (company, op) in ops {
-            buf.push_str(&encode_record(company, op)?);
-            buf.push('\n');
-        }
+        let buf = encode_records(ops)?;
         {
             let mut f = File::create(&tmp)?;
             f.write_all(buf.as_bytes())?;
@@ -701,6 +677,16 @@ impl Journal {
         self.bytes = len;
         Ok(out)
     }
+}
+
+/// Journal lines for `ops`, each ended by a newline.
+fn encode_records(ops: &[(&str, &Op)]) -> std::io::Result<String> {
+    let mut buf = String::new();
+    for (company, op) in ops {
+        buf.push_str(&encode_record(company, op)?);
+        buf.push('\n');
+    }
+    Ok(buf)
 }
 
 fn encode_record(company: &str, op: &Op) -> std::io::Result<String> {

@@ -32,6 +32,10 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// What memory knows of one key: `None` nothing (ask the database), `Some(None)` that it is
+/// absent, `Some(Some(v))` its value.
+type Known = Option<cache::Cached>;
+
 const GET_SQL: &str = "SELECT key_id, value::text FROM whatsapp_keys
     WHERE company_id = $1 AND key_type = $2 AND key_id = ANY($3::text[])";
 const CREDS_SQL: &str = "SELECT creds::text FROM whatsapp_auth WHERE company_id = $1";
@@ -73,18 +77,22 @@ impl Session {
         result
     }
 
-    async fn load_creds_inner(&self) -> Result<Option<StoredValue>> {
+    /// What memory knows of the creds: pending outage writes, then the cache, then what this
+    /// process last loaded or committed (kept while a session of the company is open even if
+    /// the LRU evicted it, so an account opened before an outage keeps its creds). `None`: ask
+    /// the database.
+    fn creds_in_memory(&self) -> Known {
         let key = cache::creds_key(&self.company.id);
-        if let Some(v) = self.inner.outage.overlay_get(&self.company.id, &key) {
+        self.inner
+            .outage
+            .overlay_get(&self.company.id, &key)
+            .or_else(|| self.inner.cache.get(&key))
+            .or_else(|| self.company.last_creds().map(Some))
+    }
+
+    async fn load_creds_inner(&self) -> Result<Option<StoredValue>> {
+        if let Some(v) = self.creds_in_memory() {
             return Ok(v);
-        }
-        if let Some(v) = self.inner.cache.get(&key) {
-            return Ok(v);
-        }
-        // What this process last loaded or committed, kept while a session of the company is
-        // open even if the LRU evicted it: an account opened before an outage keeps its creds.
-        if let Some(v) = self.company.last_creds() {
-            return Ok(Some(v));
         }
         self.inner.outage.check_reads()?;
         let epoch = self.company.epoch();
@@ -96,7 +104,9 @@ impl Session {
             None => None,
         };
         if self.company.epoch() == epoch {
-            self.inner.cache.put(key, value.clone());
+            self.inner
+                .cache
+                .put(cache::creds_key(&self.company.id), value.clone());
             self.company.set_last_creds(value.clone());
         }
         Ok(value)
@@ -114,13 +124,7 @@ impl Session {
     /// Enqueues a creds save (call order is commit order); `None` when unchanged.
     pub fn save_creds_begin(&self, creds: StoredValue) -> Result<Option<WriteTicket>> {
         self.check_open()?;
-        let last = self.company.last_creds().or_else(|| {
-            self.inner
-                .cache
-                .get(&cache::creds_key(&self.company.id))
-                .flatten()
-        });
-        if let Some(last) = last {
+        if let Some(Some(last)) = self.creds_in_memory() {
             // jsonb gives keys back in its own order, so equal text is the fast path and
             // equal trees (order-insensitive maps) the real test.
             if last == creds || last.to_value() == creds.to_value() {
@@ -148,7 +152,14 @@ impl Session {
         result
     }
 
-    async fn get_inner(&self, key_type: &str, ids: &[&str]) -> Result<Vec<(String, StoredValue)>> {
+    /// Validates a `get` and de-duplicates its ids (first occurrence wins), each with what
+    /// memory knows of it (see [`Session::in_memory`]; `None`: ask the database).
+    fn look_up_in_memory<'a>(
+        &self,
+        key_type: &str,
+        ids: &[&'a str],
+        count: bool,
+    ) -> Result<Vec<(&'a str, Known)>> {
         validate::key_type(key_type)?;
         if ids.len() > validate::MAX_IDS_PER_GET {
             return Err(Error::invalid(format!(
@@ -160,20 +171,24 @@ impl Session {
             validate::key_id(id)?;
         }
         let mut seen = HashSet::with_capacity(ids.len());
-        let mut known: Vec<(&str, Option<StoredValue>)> = Vec::with_capacity(ids.len());
-        let mut missing: Vec<&str> = Vec::new();
-        for &id in ids {
-            if !seen.insert(id) {
-                continue;
-            }
-            match self.in_memory(key_type, id, true) {
-                Some(v) => known.push((id, v)),
-                None => {
-                    missing.push(id);
-                    known.push((id, None));
-                }
-            }
-        }
+        Ok(ids
+            .iter()
+            .filter(|id| seen.insert(**id))
+            .map(|&id| (id, self.in_memory(key_type, id, count)))
+            .collect())
+    }
+
+    async fn get_inner(&self, key_type: &str, ids: &[&str]) -> Result<Vec<(String, StoredValue)>> {
+        let looked_up = self.look_up_in_memory(key_type, ids, true)?;
+        let missing: Vec<&str> = looked_up
+            .iter()
+            .filter(|(_, m)| m.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut known: Vec<(&str, Option<StoredValue>)> = looked_up
+            .into_iter()
+            .map(|(id, m)| (id, m.flatten()))
+            .collect();
         if !missing.is_empty() {
             self.inner.outage.check_reads()?;
             let epoch = self.company.epoch();
@@ -214,7 +229,7 @@ impl Session {
 
     /// What memory (pending outage writes, then the cache) knows of one key: `None` when it
     /// knows nothing, `Some(None)` when the key is known to be absent.
-    fn in_memory(&self, key_type: &str, id: &str, count: bool) -> Option<Option<StoredValue>> {
+    fn in_memory(&self, key_type: &str, id: &str, count: bool) -> Known {
         let key = cache::key_of(&self.company.id, key_type, id);
         self.inner
             .outage
@@ -241,25 +256,17 @@ impl Session {
     ) -> Result<Option<String>> {
         self.check_open()?;
         let started = Instant::now();
-        validate::key_type(key_type)?;
-        if ids.len() > validate::MAX_IDS_PER_GET {
-            return Ok(None);
-        }
-        let mut seen = HashSet::with_capacity(ids.len());
-        let mut found = Vec::with_capacity(ids.len());
-        for id in ids {
-            let id = id.as_ref();
-            validate::key_id(id)?;
-            if !seen.insert(id) {
-                continue;
-            }
-            match self.in_memory(key_type, id, false) {
+        let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
+        let looked_up = self.look_up_in_memory(key_type, &ids, false)?;
+        let mut found = Vec::with_capacity(looked_up.len());
+        for (id, known) in &looked_up {
+            match known {
                 None => return Ok(None),
                 Some(None) => {}
-                Some(Some(v)) => found.push((id.to_string(), v)),
+                Some(Some(v)) => found.push((id.to_string(), v.clone())),
             }
         }
-        self.inner.cache.count_hits(seen.len() as u64);
+        self.inner.cache.count_hits(looked_up.len() as u64);
         let out = json_object(&found)?;
         self.inner.metrics.record("get", started.elapsed(), true);
         Ok(Some(out))

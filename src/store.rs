@@ -124,6 +124,21 @@ impl Inner {
         }
     }
 
+    /// Closes the lanes' channels (each lane drains its queue, then ends) and aborts the
+    /// background tasks. Returns the lane tasks and the aborted ones, for a caller that waits.
+    fn stop_tasks(&self) -> (Vec<JoinHandle<()>>, Vec<JoinHandle<()>>) {
+        self.lanes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let mut lanes = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let background = lanes.split_off(self.lane_count.min(lanes.len()));
+        for t in &background {
+            t.abort();
+        }
+        (lanes, background)
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -170,17 +185,8 @@ pub(crate) struct ShutdownOnDrop(Arc<Inner>);
 
 impl Drop for ShutdownOnDrop {
     fn drop(&mut self) {
-        self.0
-            .lanes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        let tasks = std::mem::take(&mut *self.0.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        for (i, t) in tasks.into_iter().enumerate() {
-            if i >= self.0.lane_count {
-                t.abort();
-            }
-        }
+        // The lanes drain on their own; nothing waits for them here.
+        drop(self.0.stop_tasks());
     }
 }
 
@@ -362,25 +368,9 @@ impl Store {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(CloseReport::default());
         }
-        // Dropping the senders lets each lane drain its queue and stop.
-        self.inner
-            .lanes
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        let tasks =
-            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        let (lanes, background): (Vec<_>, Vec<_>) = tasks
-            .into_iter()
-            .enumerate()
-            .partition(|(i, _)| *i < self.inner.lane_count);
-        for (_, t) in &background {
-            t.abort();
-        }
-        for (_, t) in background {
-            let _ = t.await; // resolves once the aborted task has been dropped
-        }
-        for (_, t) in lanes {
+        let (lanes, background) = self.inner.stop_tasks();
+        for t in background.into_iter().chain(lanes) {
+            // An aborted task resolves once it has been dropped; a lane once its queue is done.
             let _ = t.await;
         }
         let report = self.inner.outage.flush_on_close(&self.inner).await;
