@@ -12,9 +12,12 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use authstate::tempdb::TempCluster;
 use authstate::{Config, Error, KeyWrite, OutagePolicy, OutageStatus, Session, Store, StoredValue};
 use base64::Engine as _;
+use common::sql;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -186,18 +189,6 @@ async fn open(cfg: Config) -> Store {
     let store = Store::open(cfg).await.expect("open store");
     store.migrate().await.expect("migrate");
     store
-}
-
-/// A plain SQL client, for checking what really reached PostgreSQL.
-async fn sql(url: &str) -> tokio_postgres::Client {
-    let cfg = Config::from_url(url).expect("config");
-    let (client, conn) = cfg
-        .pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    client
 }
 
 /// Every key of `company` as PostgreSQL holds it: `(type, id) -> value`.

@@ -33,13 +33,8 @@ pub async fn fresh_database(prefix: &str) -> String {
     match std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty()) {
         Some(url) => {
             let cfg = Config::from_url(&url).expect("DATABASE_URL");
-            let (client, conn) = cfg
-                .pg
-                .connect(tokio_postgres::NoTls)
+            sql(&url)
                 .await
-                .expect("connect");
-            tokio::spawn(conn);
-            client
                 .batch_execute(&format!("CREATE DATABASE \"{name}\""))
                 .await
                 .expect("create database");
