@@ -6,7 +6,7 @@
  *    change and are never reused. authstate_last_error() gives this thread's failure text.
  *  - Panics inside the library never cross into C: they become AUTHSTATE_PANIC.
  *  - NULL pointers, strings that are not UTF-8, text that is not JSON and identifiers the store
- *    refuses give AUTHSTATE_INVALID_ARGUMENT, never a crash.
+ *    refuses give AUTHSTATE_INVALID, never a crash.
  *  - Out-parameters are written only when the function returns AUTHSTATE_OK.
  *  - Input pointers are borrowed for the duration of the call only; the library keeps none.
  *  - Every object the library allocates is released by exactly one function, which accepts NULL:
@@ -51,7 +51,7 @@ enum authstate_status
    * A NULL pointer, a string that is not UTF-8, text that is not JSON, or an identifier or
    * value the store refuses. Nothing was written.
    */
-  AUTHSTATE_INVALID_ARGUMENT = 2,
+  AUTHSTATE_INVALID = 2,
   /**
    * PostgreSQL cannot be reached and the answer could not be served from memory.
    */
@@ -76,7 +76,7 @@ enum authstate_status
   /**
    * The pending-write log of an outage reached its configured bound; the write was refused.
    */
-  AUTHSTATE_BACKLOG_FULL = 8,
+  AUTHSTATE_BACKLOG = 8,
   /**
    * Another holder owns the resource (a company lease, a concurrent migration).
    */
@@ -127,7 +127,7 @@ extern "C" {
  * configuration comes from `DATABASE_URL`, or from the libpq `PG*` variables when that is
  * unset. Opening does not create tables: call `authstate_store_migrate` once per database.
  *
- * Returns `AUTHSTATE_INVALID_ARGUMENT` for a NULL `out`, a URL that is not UTF-8 or that does
+ * Returns `AUTHSTATE_INVALID` for a NULL `out`, a URL that is not UTF-8 or that does
  * not parse; connection failures give `AUTHSTATE_UNAVAILABLE` or `AUTHSTATE_TIMEOUT`.
  *
  * Ownership: `url_or_null` is borrowed for the call. On `AUTHSTATE_OK`, `*out` receives a new
@@ -176,7 +176,7 @@ void authstate_store_close(authstate_store *store);
  * Opens the session of one company (one WhatsApp account).
  *
  * `company_id` must be 1 to 50 characters of `A-Z a-z 0-9 _ -`; anything else gives
- * `AUTHSTATE_INVALID_ARGUMENT`.
+ * `AUTHSTATE_INVALID`.
  *
  * Ownership: `store` and `company_id` are borrowed for the call. On `AUTHSTATE_OK`, `*out`
  * receives a new handle owned by the caller, to be released with `authstate_session_close`;

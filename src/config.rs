@@ -466,7 +466,7 @@ mod tests {
     #[test]
     fn bad_sslmode_is_refused() {
         let e = Config::from_url("postgres://localhost/x?sslmode=maybe").unwrap_err();
-        assert_eq!(e.code(), "INVALID_ARGUMENT");
+        assert_eq!(e.code(), "INVALID");
     }
 
     #[test]

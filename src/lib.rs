@@ -19,7 +19,7 @@ mod writer;
 
 pub use cache::CacheStats;
 pub use config::{CacheConfig, Config, OutagePolicy, SslMode, TtlPolicy};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use metrics::MetricsSnapshot;
 pub use migrate::MigrationReport;
 pub use outage::{CloseReport, OutageStatus, Unflushed};

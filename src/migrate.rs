@@ -85,7 +85,7 @@ pub async fn run(client: &mut tokio_postgres::Client) -> Result<MigrationReport>
         if let Some(row) = row.first() {
             let recorded: String = row.get(0);
             if recorded != checksum {
-                return Err(Error::Migration(format!(
+                return Err(Error::migration(format!(
                     "migration {:04}_{} was edited after it was applied (recorded checksum {}, file has {})",
                     m.version, m.name, recorded, checksum
                 )));
@@ -99,7 +99,7 @@ pub async fn run(client: &mut tokio_postgres::Client) -> Result<MigrationReport>
             if e.is_unavailable() {
                 e
             } else {
-                Error::Migration(format!("{:04}_{} failed: {e}", m.version, m.name))
+                Error::migration(format!("{:04}_{} failed: {e}", m.version, m.name))
             }
         })?;
         tx.query_typed(

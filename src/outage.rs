@@ -169,7 +169,7 @@ impl Outage {
         }
         let st = self.lock();
         let secs = st.since.map_or(0, |(i, _)| i.elapsed().as_secs());
-        Err(Error::Unavailable(format!(
+        Err(Error::unavailable(format!(
             "database unavailable for {secs} s ({}); the value is not in memory",
             st.last_error.as_deref().unwrap_or("unknown error")
         )))
@@ -205,7 +205,7 @@ impl Outage {
             let err = match cause {
                 // The batch that met the failure may or may not have committed: say so.
                 Some(e) => e.clone(),
-                None => Error::ReadOnly(format!(
+                None => Error::read_only(format!(
                     "database unavailable ({}); writes are refused until it is back",
                     st.last_error.as_deref().unwrap_or("unknown error")
                 )),
@@ -225,7 +225,7 @@ impl Outage {
                 room -= bytes;
                 batch_kept.push(r);
             } else {
-                let _ = r.reply.send(Err(Error::Backlog(format!(
+                let _ = r.reply.send(Err(Error::backlog(format!(
                     "{} bytes of writes are pending during the outage, the bound is {}; \
                      this call needs {bytes} more",
                     self.max_pending_bytes - room,
@@ -459,7 +459,7 @@ pub(crate) async fn try_recover(inner: &Arc<Inner>) -> Result<()> {
             let client = inner.client().await?;
             let probe = tokio::time::timeout(inner.call_timeout(), client.simple_query("SELECT 1"))
                 .await
-                .map_err(|_| Error::Timeout("probe did not answer".into()))?;
+                .map_err(|_| Error::timeout("probe did not answer"))?;
             if let Err(e) = probe {
                 let e = Error::from(e);
                 crate::store::discard_if_broken(client, &e);

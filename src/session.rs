@@ -60,7 +60,7 @@ impl Session {
 
     fn check_open(&self) -> Result<()> {
         if self.inner.is_closed() {
-            return Err(Error::Closed("the store is closed".into()));
+            return Err(Error::closed("the store is closed"));
         }
         Ok(())
     }

@@ -70,7 +70,7 @@ impl Inner {
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object> {
         match tokio::time::timeout(self.config.connect_timeout, self.pool.get()).await {
             Ok(r) => r.map_err(Error::from),
-            Err(_) => Err(Error::Timeout(format!(
+            Err(_) => Err(Error::timeout(format!(
                 "no database connection within {} ms",
                 self.config.connect_timeout.as_millis()
             ))),
@@ -107,13 +107,13 @@ impl Inner {
         let lanes = self.lanes.read().unwrap_or_else(|p| p.into_inner());
         let lane = lanes
             .get(company.lane)
-            .ok_or_else(|| Error::Closed("the store is closed".into()))?;
+            .ok_or_else(|| Error::closed("the store is closed"))?;
         lane.send(Request {
             company: company.clone(),
             op,
             reply: tx,
         })
-        .map_err(|_| Error::Closed("the store is closed".into()))?;
+        .map_err(|_| Error::closed("the store is closed"))?;
         Ok(WriteTicket::new(rx))
     }
 
@@ -153,7 +153,7 @@ pub(crate) async fn bounded<T>(
 ) -> Result<T> {
     match tokio::time::timeout(bound, fut).await {
         Ok(r) => r,
-        Err(_) => Err(Error::Timeout(format!(
+        Err(_) => Err(Error::timeout(format!(
             "{what} did not finish within {} ms",
             bound.as_millis()
         ))),
@@ -319,7 +319,7 @@ impl Store {
     pub async fn session(&self, company_id: &str) -> Result<Session> {
         validate::company_id(company_id)?;
         if self.inner.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed("the store is closed".into()));
+            return Err(Error::closed("the store is closed"));
         }
         Ok(Session::new(
             self.inner.clone(),

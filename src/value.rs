@@ -46,9 +46,9 @@ impl StoredValue {
             return Ok(StoredValue(codec::minify_json(text).into()));
         }
         let mut value: Value = serde_json::from_str(text)
-            .map_err(|e| Error::Database(format!("stored value is not JSON: {e}")))?;
+            .map_err(|e| Error::database(format!("stored value is not JSON: {e}")))?;
         codec::canonicalize(&mut value)
-            .map_err(|e| Error::Database(format!("stored value cannot be revived: {e}")))?;
+            .map_err(|e| Error::database(format!("stored value cannot be revived: {e}")))?;
         Ok(StoredValue(serde_json::to_string(&value)?.into()))
     }
 
@@ -201,16 +201,13 @@ mod tests {
             r#"{"pre-key":{"1":"x\u0000"}}"#,
         ] {
             let e = parse_writes(bad).unwrap_err();
-            assert_eq!(e.code(), "INVALID_ARGUMENT", "{bad}");
+            assert_eq!(e.code(), "INVALID", "{bad}");
         }
     }
 
     #[test]
     fn oversized_values_are_refused() {
         let big = format!("\"{}\"", "a".repeat(validate::MAX_VALUE_BYTES));
-        assert_eq!(
-            StoredValue::from_json(&big).unwrap_err().code(),
-            "INVALID_ARGUMENT"
-        );
+        assert_eq!(StoredValue::from_json(&big).unwrap_err().code(), "INVALID");
     }
 }

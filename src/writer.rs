@@ -104,9 +104,7 @@ impl WriteTicket {
         let result = match self.rx {
             None => Ok(()),
             Some(rx) => rx.await.unwrap_or_else(|_| {
-                Err(Error::Closed(
-                    "the store closed before the write finished".into(),
-                ))
+                Err(Error::closed("the store closed before the write finished"))
             }),
         };
         if let Some((inner, kind, started)) = self.timing {

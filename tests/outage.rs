@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 mod common;
 
 use authstate::tempdb::TempCluster;
-use authstate::{Config, Error, KeyWrite, OutagePolicy, OutageStatus, Session, Store, StoredValue};
+use authstate::{
+    Config, ErrorKind, KeyWrite, OutagePolicy, OutageStatus, Session, Store, StoredValue,
+};
 use base64::Engine as _;
 use common::sql;
 use rand::{Rng, SeedableRng};
@@ -339,7 +341,7 @@ async fn server_stopped_reads_from_cache_buffers_writes_and_recovers() {
     // The first uncached read meets the failure: a typed error, never an empty answer.
     let first = s.get("pre-key", &ids(&["uncached"])).await;
     assert!(
-        matches!(first, Err(Error::Unavailable(_))),
+        matches!(first, Err(ref e) if e.kind() == ErrorKind::Unavailable),
         "uncached read during the outage: {first:?}"
     );
     let detect = stopped.elapsed();
@@ -369,7 +371,10 @@ async fn server_stopped_reads_from_cache_buffers_writes_and_recovers() {
     ] {
         let t = Instant::now();
         let r = s.get("pre-key", &list).await;
-        assert!(matches!(r, Err(Error::Unavailable(_))), "{list:?}: {r:?}");
+        assert!(
+            matches!(r, Err(ref e) if e.kind() == ErrorKind::Unavailable),
+            "{list:?}: {r:?}"
+        );
         assert!(
             t.elapsed() < Duration::from_millis(500),
             "fail fast: {:?}",
@@ -383,7 +388,7 @@ async fn server_stopped_reads_from_cache_buffers_writes_and_recovers() {
         .load_creds()
         .await;
     assert!(
-        matches!(r, Err(Error::Unavailable(_))),
+        matches!(r, Err(ref e) if e.kind() == ErrorKind::Unavailable),
         "uncached creds: {r:?}"
     );
 
@@ -862,7 +867,7 @@ async fn network_hang_times_out_within_bound_and_recovers() {
         }
     );
     assert!(
-        matches!(rd.0, Err(Error::Timeout(_)) | Err(Error::Unavailable(_))),
+        matches!(rd.0, Err(ref e) if e.is_unavailable()),
         "read during a hang: {:?}",
         rd.0
     );
@@ -893,7 +898,10 @@ async fn network_hang_times_out_within_bound_and_recovers() {
     }
     let t = Instant::now();
     let r = s.get("pre-key", &ids(&["other-uncached"])).await;
-    assert!(matches!(r, Err(Error::Unavailable(_))), "{r:?}");
+    assert!(
+        matches!(r, Err(ref e) if e.kind() == ErrorKind::Unavailable),
+        "{r:?}"
+    );
     assert!(t.elapsed() < Duration::from_millis(500));
     assert_eq!(
         get_map(&s, "pre-key", &ids(&["cached"]))
@@ -1085,8 +1093,8 @@ async fn postgres_sigkilled_during_large_sets_20_times() {
                 } else {
                     assert!(
                         matches!(
-                            e,
-                            Error::ReadOnly(_) | Error::Unavailable(_) | Error::Timeout(_)
+                            e.kind(),
+                            ErrorKind::ReadOnly | ErrorKind::Unavailable | ErrorKind::Timeout
                         ),
                         "read-only store: {e:?}"
                     );
@@ -1144,17 +1152,29 @@ async fn read_only_policy_refuses_writes_during_outage_and_recovers() {
     pg.stop().await;
     let stopped = Instant::now();
     let r = s.get("pre-key", &ids(&["uncached"])).await;
-    assert!(matches!(r, Err(Error::Unavailable(_))), "{r:?}");
+    assert!(
+        matches!(r, Err(ref e) if e.kind() == ErrorKind::Unavailable),
+        "{r:?}"
+    );
     let detect = stopped.elapsed();
     assert!(status(&store).down);
 
     let t = Instant::now();
     let w = s.set(vec![put("pre-key", "2", &v)]).await;
-    assert!(matches!(w, Err(Error::ReadOnly(_))), "{w:?}");
+    assert!(
+        matches!(w, Err(ref e) if e.kind() == ErrorKind::ReadOnly),
+        "{w:?}"
+    );
     let c = s.save_creds(val(json!({"registrationId": 2}))).await;
-    assert!(matches!(c, Err(Error::ReadOnly(_))), "{c:?}");
+    assert!(
+        matches!(c, Err(ref e) if e.kind() == ErrorKind::ReadOnly),
+        "{c:?}"
+    );
     let d = s.clear().await;
-    assert!(matches!(d, Err(Error::ReadOnly(_))), "{d:?}");
+    assert!(
+        matches!(d, Err(ref e) if e.kind() == ErrorKind::ReadOnly),
+        "{d:?}"
+    );
     assert!(
         t.elapsed() < Duration::from_millis(500),
         "refused at once: {:?}",
@@ -1166,7 +1186,7 @@ async fn read_only_policy_refuses_writes_during_outage_and_recovers() {
     assert_eq!(s.load_creds().await.expect("creds"), Some(creds.clone()));
     assert!(matches!(
         s.get("pre-key", &ids(&["2"])).await,
-        Err(Error::Unavailable(_))
+        Err(ref e) if e.kind() == ErrorKind::Unavailable
     ));
     let st = status(&store);
     assert_eq!(
@@ -1225,7 +1245,10 @@ async fn close_during_outage_reports_unflushed_calls_and_journal_replays_them() 
         .expect("committed");
     pg.stop().await;
     let r = a.get("pre-key", &ids(&["x"])).await;
-    assert!(matches!(r, Err(Error::Unavailable(_))), "{r:?}");
+    assert!(
+        matches!(r, Err(ref e) if e.kind() == ErrorKind::Unavailable),
+        "{r:?}"
+    );
     let v1 = val(json!({"b": buffer(&bytes_for(61, 20))}));
     let v2 = val(json!(["1@s.whatsapp.net", "2@lid"]));
     a.set(vec![
@@ -1270,7 +1293,7 @@ async fn close_during_outage_reports_unflushed_calls_and_journal_replays_them() 
     // The store is closed for callers.
     assert!(matches!(
         a.set(vec![put("pre-key", "z", &v1)]).await,
-        Err(Error::Closed(_))
+        Err(ref e) if e.kind() == ErrorKind::Closed
     ));
 
     pg.start_server().await;
@@ -1308,7 +1331,7 @@ async fn pending_bound_refuses_with_backlog_and_keeps_nothing_partial() {
     pg.stop().await;
     assert!(matches!(
         s.get("pre-key", &ids(&["x"])).await,
-        Err(Error::Unavailable(_))
+        Err(ref e) if e.kind() == ErrorKind::Unavailable
     ));
 
     let big = |n: u64| val(json!({"b": b64(&bytes_for(n, 2100))})); // ~2.8 KB of text each
@@ -1332,10 +1355,16 @@ async fn pending_bound_refuses_with_backlog_and_keeps_nothing_partial() {
             put("session", "h2", &half),
         ])
         .await;
-    assert!(matches!(r, Err(Error::Backlog(_))), "{r:?}");
+    assert!(
+        matches!(r, Err(ref e) if e.kind() == ErrorKind::Backlog),
+        "{r:?}"
+    );
     // A big call is refused too; a small one still fits; the bound holds.
     let r = s.set(vec![put("session", "k9", &big(9))]).await;
-    assert!(matches!(r, Err(Error::Backlog(_))), "{r:?}");
+    assert!(
+        matches!(r, Err(ref e) if e.kind() == ErrorKind::Backlog),
+        "{r:?}"
+    );
     s.set(vec![put("session", "small", &val(json!(1)))])
         .await
         .expect("small still fits");
@@ -1347,7 +1376,10 @@ async fn pending_bound_refuses_with_backlog_and_keeps_nothing_partial() {
         .set_begin(vec![put("session", "tiny", &val(json!(2)))])
         .expect("begin");
     let (r1, r2) = tokio::join!(t1.wait(), t2.wait());
-    assert!(matches!(r1, Err(Error::Backlog(_))), "{r1:?}");
+    assert!(
+        matches!(r1, Err(ref e) if e.kind() == ErrorKind::Backlog),
+        "{r1:?}"
+    );
     r2.expect("a small call queued with a refused one is kept");
     let st = status(&store);
     assert!(st.pending_bytes <= 10_000, "{st:?}");
@@ -1355,7 +1387,10 @@ async fn pending_bound_refuses_with_backlog_and_keeps_nothing_partial() {
     // Nothing of a refused call is visible (not in memory: the read needs the database).
     for id in ["h1", "h2", "k9", "k10"] {
         let r = s.get("session", &ids(&[id])).await;
-        assert!(matches!(r, Err(Error::Unavailable(_))), "{id}: {r:?}");
+        assert!(
+            matches!(r, Err(ref e) if e.kind() == ErrorKind::Unavailable),
+            "{id}: {r:?}"
+        );
     }
 
     pg.start_server().await;
@@ -1390,7 +1425,7 @@ async fn large_journal_replay_at_open_then_a_second_outage_recovers() {
     pg.stop().await;
     assert!(matches!(
         s.get("pre-key", &ids(&["x"])).await,
-        Err(Error::Unavailable(_))
+        Err(ref e) if e.kind() == ErrorKind::Unavailable
     ));
     // ~300 calls of 60 keys: a replay long enough for the reconnect loop's first attempt
     // (after ~100 ms) to start while Store::open is still replaying.
@@ -1480,7 +1515,7 @@ async fn torn_journal_tail_then_more_writes_are_all_replayed() {
     pg.stop().await;
     assert!(matches!(
         s.get("pre-key", &ids(&["x"])).await,
-        Err(Error::Unavailable(_))
+        Err(ref e) if e.kind() == ErrorKind::Unavailable
     ));
     let first = val(json!({"name": "café ☕", "b": buffer(&bytes_for(1, 16))}));
     s.set(vec![put("pre-key", "1", &first)])
@@ -1554,7 +1589,10 @@ async fn pending_writes_coalesce_per_key_and_the_journal_stays_compact() {
         .expect("committed");
     pg.stop().await;
     let r = a.get("session", &ids(&["unknown"])).await;
-    assert!(matches!(r, Err(Error::Unavailable(_))), "{r:?}");
+    assert!(
+        matches!(r, Err(ref e) if e.kind() == ErrorKind::Unavailable),
+        "{r:?}"
+    );
 
     let record = |n: u64| val(json!({"n": n, "blob": b64(&bytes_for(n, 1500))}));
     let calls = 1500u64;

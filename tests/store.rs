@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use authstate::{codec, Error, KeyWrite, StoredValue};
+use authstate::{codec, ErrorKind, KeyWrite, StoredValue};
 use serde_json::json;
 
 fn v(j: serde_json::Value) -> StoredValue {
@@ -84,7 +84,7 @@ async fn set_json_is_atomic_and_bad_input_writes_nothing() {
     ];
     for bad in bad_inputs {
         let e = s.set_json(bad).await.unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument(_)), "{bad}: {e:?}");
+        assert!((e.kind() == ErrorKind::InvalidArgument), "{bad}: {e:?}");
     }
     let big = format!(
         r#"{{"pre-key":{{"1":"{}"}}}}"#,
@@ -92,17 +92,17 @@ async fn set_json_is_atomic_and_bad_input_writes_nothing() {
     );
     assert!(matches!(
         s.set_json(&big).await,
-        Err(Error::InvalidArgument(_))
+        Err(ref e) if e.kind() == ErrorKind::InvalidArgument
     ));
     for bad_company in ["", "a b", "x/../y", &"z".repeat(51), "ação"] {
         assert!(matches!(
             store.session(bad_company).await,
-            Err(Error::InvalidArgument(_))
+            Err(ref e) if e.kind() == ErrorKind::InvalidArgument
         ));
     }
     assert!(matches!(
         s.get("pre-key", &ids(&["a\0b"])).await,
-        Err(Error::InvalidArgument(_))
+        Err(ref e) if e.kind() == ErrorKind::InvalidArgument
     ));
     let db = common::sql(&url).await;
     let n: i64 = db
@@ -253,7 +253,7 @@ async fn group_commit_coalesces_and_each_caller_gets_its_own_outcome() {
     let mut failed = 0;
     for t in tickets {
         if let Err(e) = t.wait().await {
-            assert!(matches!(e, Error::Database(_)), "{e:?}");
+            assert!((e.kind() == ErrorKind::Database), "{e:?}");
             failed += 1;
         }
     }
@@ -405,12 +405,12 @@ async fn database_errors_are_errors_never_empty_answers() {
         .await
         .unwrap();
     let e = s.get("session", &ids(&["a"])).await.unwrap_err();
-    assert!(matches!(e, Error::Database(_)), "{e:?}");
+    assert!((e.kind() == ErrorKind::Database), "{e:?}");
     let e = s
         .set(vec![KeyWrite::put("session", "a", v(json!(1))).unwrap()])
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::Database(_)), "{e:?}");
+    assert!((e.kind() == ErrorKind::Database), "{e:?}");
     db.batch_execute("ALTER TABLE whatsapp_keys_gone RENAME TO whatsapp_keys")
         .await
         .unwrap();
@@ -472,13 +472,13 @@ async fn closed_store_refuses_calls() {
     assert!(report.unflushed.is_empty());
     assert!(matches!(
         s.get("session", &ids(&["a"])).await,
-        Err(Error::Closed(_))
+        Err(ref e) if e.kind() == ErrorKind::Closed
     ));
     assert!(matches!(
         s.set_json(r#"{"session":{"a":1}}"#).await,
-        Err(Error::Closed(_))
+        Err(ref e) if e.kind() == ErrorKind::Closed
     ));
-    assert!(matches!(store.session("acme").await, Err(Error::Closed(_))));
+    assert!(matches!(store.session("acme").await, Err(ref e) if e.kind() == ErrorKind::Closed));
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use authstate::tempdb::TempCluster;
-use authstate::{Config, Error, Store};
+use authstate::{Config, ErrorKind, Store};
 
 fn run(dir: &Path, args: &[&str]) {
     let out = Command::new(args[0])
@@ -214,5 +214,5 @@ async fn sslmodes_against_a_tls_server() {
     let e = open(&url("localhost", "verify-full", None))
         .await
         .expect_err("no root");
-    assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+    assert!((e.kind() == ErrorKind::InvalidArgument), "{e:?}");
 }

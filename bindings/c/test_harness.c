@@ -171,7 +171,7 @@ static void test_status_and_last_error(void) {
     CHECK(AUTHSTATE_OK == 0 && AUTHSTATE_PANIC == 7 && AUTHSTATE_CLOSED == 12, "fixed numbers");
 
     /* A failure leaves text; the length is returned like snprintf; truncation is terminated. */
-    EXPECT(authstate_store_migrate(NULL), AUTHSTATE_INVALID_ARGUMENT);
+    EXPECT(authstate_store_migrate(NULL), AUTHSTATE_INVALID);
     size_t n = authstate_last_error(NULL, 0);
     CHECK(n > 0, "last error length after a failure");
     char *full = malloc(n + 1);
@@ -193,11 +193,11 @@ static void test_status_and_last_error(void) {
 
 static void test_open_bad_input(void) {
     authstate_store *st = SENTINEL;
-    EXPECT(authstate_store_open(test_url, NULL), AUTHSTATE_INVALID_ARGUMENT);
-    EXPECT(authstate_store_open("\xff\xfe", &st), AUTHSTATE_INVALID_ARGUMENT);
-    EXPECT(authstate_store_open("postgres://u@h:notaport/db", &st), AUTHSTATE_INVALID_ARGUMENT);
+    EXPECT(authstate_store_open(test_url, NULL), AUTHSTATE_INVALID);
+    EXPECT(authstate_store_open("\xff\xfe", &st), AUTHSTATE_INVALID);
+    EXPECT(authstate_store_open("postgres://u@h:notaport/db", &st), AUTHSTATE_INVALID);
     EXPECT(authstate_store_open("postgres://u@h/db?sslmode=bogus", &st),
-           AUTHSTATE_INVALID_ARGUMENT);
+           AUTHSTATE_INVALID);
     CHECK(st == SENTINEL, "out untouched on failure");
 }
 
@@ -222,14 +222,14 @@ static void test_open_from_env(void) {
 
 static void test_session_bad_input(authstate_store *st) {
     authstate_session *se = SENTINEL;
-    EXPECT(authstate_session_open(NULL, "c-ok", &se), AUTHSTATE_INVALID_ARGUMENT);
-    EXPECT(authstate_session_open(st, NULL, &se), AUTHSTATE_INVALID_ARGUMENT);
-    EXPECT(authstate_session_open(st, "c-ok", NULL), AUTHSTATE_INVALID_ARGUMENT);
+    EXPECT(authstate_session_open(NULL, "c-ok", &se), AUTHSTATE_INVALID);
+    EXPECT(authstate_session_open(st, NULL, &se), AUTHSTATE_INVALID);
+    EXPECT(authstate_session_open(st, "c-ok", NULL), AUTHSTATE_INVALID);
     const char *bad[] = {"", "has space", "a/b", "semi;colon", "\xc3\xa9t\xc3\xa9", "\xff",
                          "\xc0\xaf", "tab\t", "quote'", "012345678901234567890123456789012345678901234567890"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         authstate_status s = authstate_session_open(st, bad[i], &se);
-        CHECK(s == AUTHSTATE_INVALID_ARGUMENT, "company id #%zu -> %s", i, authstate_status_message(s));
+        CHECK(s == AUTHSTATE_INVALID, "company id #%zu -> %s", i, authstate_status_message(s));
     }
     CHECK(se == SENTINEL, "out untouched on failure");
     /* 50 characters is the limit, and every allowed character class works. */
@@ -247,15 +247,15 @@ static void test_creds(authstate_store *st) {
     char *out = SENTINEL;
     EXPECT(authstate_creds_load(se, &out), AUTHSTATE_NOT_FOUND);
     CHECK(out == SENTINEL && authstate_last_error(NULL, 0) > 0, "NOT_FOUND: out kept, text set");
-    EXPECT(authstate_creds_load(NULL, &out), AUTHSTATE_INVALID_ARGUMENT);
-    EXPECT(authstate_creds_load(se, NULL), AUTHSTATE_INVALID_ARGUMENT);
+    EXPECT(authstate_creds_load(NULL, &out), AUTHSTATE_INVALID);
+    EXPECT(authstate_creds_load(se, NULL), AUTHSTATE_INVALID);
 
-    EXPECT(authstate_creds_save(NULL, "{}"), AUTHSTATE_INVALID_ARGUMENT);
-    EXPECT(authstate_creds_save(se, NULL), AUTHSTATE_INVALID_ARGUMENT);
-    EXPECT(authstate_creds_save(se, ""), AUTHSTATE_INVALID_ARGUMENT);
-    EXPECT(authstate_creds_save(se, "{\"me\":"), AUTHSTATE_INVALID_ARGUMENT);
-    EXPECT(authstate_creds_save(se, "{\"me\":\"\xff\"}"), AUTHSTATE_INVALID_ARGUMENT);
-    EXPECT(authstate_creds_save(se, "{\"me\":\"a\\u0000b\"}"), AUTHSTATE_INVALID_ARGUMENT);
+    EXPECT(authstate_creds_save(NULL, "{}"), AUTHSTATE_INVALID);
+    EXPECT(authstate_creds_save(se, NULL), AUTHSTATE_INVALID);
+    EXPECT(authstate_creds_save(se, ""), AUTHSTATE_INVALID);
+    EXPECT(authstate_creds_save(se, "{\"me\":"), AUTHSTATE_INVALID);
+    EXPECT(authstate_creds_save(se, "{\"me\":\"\xff\"}"), AUTHSTATE_INVALID);
+    EXPECT(authstate_creds_save(se, "{\"me\":\"a\\u0000b\"}"), AUTHSTATE_INVALID);
     EXPECT(authstate_creds_load(se, &out), AUTHSTATE_NOT_FOUND); /* nothing was written */
 
     /* Keys in jsonb order (shorter first, then bytewise) so the text is the same whether it is
@@ -279,7 +279,7 @@ static void test_creds(authstate_store *st) {
     CHECK_STR(out, want);
     authstate_string_free(out);
 
-    EXPECT(authstate_session_clear(NULL), AUTHSTATE_INVALID_ARGUMENT);
+    EXPECT(authstate_session_clear(NULL), AUTHSTATE_INVALID);
     EXPECT(authstate_session_clear(se), AUTHSTATE_OK);
     out = SENTINEL;
     EXPECT(authstate_creds_load(se, &out), AUTHSTATE_NOT_FOUND);
@@ -294,35 +294,35 @@ static void test_keys_bad_input(authstate_store *st) {
         return;
     const char *ids[] = {"1", "2"};
     char *out = SENTINEL;
-    EXPECT(authstate_keys_get(NULL, "pre-key", ids, 2, &out), AUTHSTATE_INVALID_ARGUMENT);
-    EXPECT(authstate_keys_get(se, NULL, ids, 2, &out), AUTHSTATE_INVALID_ARGUMENT);
-    EXPECT(authstate_keys_get(se, "pre-key", NULL, 2, &out), AUTHSTATE_INVALID_ARGUMENT);
-    EXPECT(authstate_keys_get(se, "pre-key", ids, 2, NULL), AUTHSTATE_INVALID_ARGUMENT);
+    EXPECT(authstate_keys_get(NULL, "pre-key", ids, 2, &out), AUTHSTATE_INVALID);
+    EXPECT(authstate_keys_get(se, NULL, ids, 2, &out), AUTHSTATE_INVALID);
+    EXPECT(authstate_keys_get(se, "pre-key", NULL, 2, &out), AUTHSTATE_INVALID);
+    EXPECT(authstate_keys_get(se, "pre-key", ids, 2, NULL), AUTHSTATE_INVALID);
     const char *with_null[] = {"1", NULL};
-    EXPECT(authstate_keys_get(se, "pre-key", with_null, 2, &out), AUTHSTATE_INVALID_ARGUMENT);
+    EXPECT(authstate_keys_get(se, "pre-key", with_null, 2, &out), AUTHSTATE_INVALID);
     const char *bad_utf8[] = {"1", "\xe2\x28\xa1"};
-    EXPECT(authstate_keys_get(se, "pre-key", bad_utf8, 2, &out), AUTHSTATE_INVALID_ARGUMENT);
+    EXPECT(authstate_keys_get(se, "pre-key", bad_utf8, 2, &out), AUTHSTATE_INVALID);
     const char *empty_id[] = {""};
-    EXPECT(authstate_keys_get(se, "pre-key", empty_id, 1, &out), AUTHSTATE_INVALID_ARGUMENT);
+    EXPECT(authstate_keys_get(se, "pre-key", empty_id, 1, &out), AUTHSTATE_INVALID);
     char long_id[1100];
     memset(long_id, 'i', sizeof long_id - 1);
     long_id[sizeof long_id - 1] = 0;
     const char *long_ids[] = {long_id};
-    EXPECT(authstate_keys_get(se, "pre-key", long_ids, 1, &out), AUTHSTATE_INVALID_ARGUMENT);
+    EXPECT(authstate_keys_get(se, "pre-key", long_ids, 1, &out), AUTHSTATE_INVALID);
     const char *bad_types[] = {"", "Pre-Key", "has space", "-lead", "\xff", "pre-key\n",
                                "a234567890123456789012345678901234567890123456789012345678901234x"};
     for (size_t i = 0; i < sizeof bad_types / sizeof *bad_types; i++) {
         authstate_status s = authstate_keys_get(se, bad_types[i], ids, 2, &out);
-        CHECK(s == AUTHSTATE_INVALID_ARGUMENT, "get type #%zu -> %s", i, authstate_status_message(s));
+        CHECK(s == AUTHSTATE_INVALID, "get type #%zu -> %s", i, authstate_status_message(s));
         char *json = xstrdup_printf("{\"%s\":{\"1\":1}}", bad_types[i]);
         s = authstate_keys_set(se, json);
-        CHECK(s == AUTHSTATE_INVALID_ARGUMENT, "set type #%zu -> %s", i, authstate_status_message(s));
+        CHECK(s == AUTHSTATE_INVALID, "set type #%zu -> %s", i, authstate_status_message(s));
         free(json);
     }
     CHECK(out == SENTINEL, "out untouched on failure");
 
-    EXPECT(authstate_keys_set(NULL, "{}"), AUTHSTATE_INVALID_ARGUMENT);
-    EXPECT(authstate_keys_set(se, NULL), AUTHSTATE_INVALID_ARGUMENT);
+    EXPECT(authstate_keys_set(NULL, "{}"), AUTHSTATE_INVALID);
+    EXPECT(authstate_keys_set(se, NULL), AUTHSTATE_INVALID);
     const char *bad_json[] = {
         "", "{", "nul", "{\"pre-key\":{\"1\":}}", "[]", "42", "\"s\"", "null",
         "{\"pre-key\":[1]}", "{\"pre-key\":\"x\"}", "{\"pre-key\":{\"1\":1}} trailing",
@@ -334,7 +334,7 @@ static void test_keys_bad_input(authstate_store *st) {
     };
     for (size_t i = 0; i < sizeof bad_json / sizeof *bad_json; i++) {
         authstate_status s = authstate_keys_set(se, bad_json[i]);
-        CHECK(s == AUTHSTATE_INVALID_ARGUMENT, "set json #%zu (%s) -> %s: %s", i, bad_json[i],
+        CHECK(s == AUTHSTATE_INVALID, "set json #%zu (%s) -> %s: %s", i, bad_json[i],
               authstate_status_message(s), last_error_text());
     }
     /* Nothing of the refused calls was written. */

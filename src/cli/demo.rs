@@ -42,7 +42,7 @@ pub async fn run(url: Option<String>, args: Args) -> Result<ExitCode> {
             println!("no DATABASE_URL: starting a throwaway PostgreSQL ...");
             let cluster = tokio::task::spawn_blocking(TempCluster::start)
                 .await
-                .map_err(|e| Error::Internal(e.to_string()))??;
+                .map_err(|e| Error::internal(e.to_string()))??;
             cluster.create_database("authstate_demo")?;
             let cfg = Config::from_url(&cluster.url("authstate_demo"))?;
             (Some(cluster), cfg)
@@ -71,7 +71,7 @@ pub async fn run(url: Option<String>, args: Args) -> Result<ExitCode> {
     let mut expected = Vec::new();
     let mut totals = Totals::default();
     for t in tasks {
-        let (exp, t) = t.await.map_err(|e| Error::Internal(e.to_string()))??;
+        let (exp, t) = t.await.map_err(|e| Error::internal(e.to_string()))??;
         expected.push(exp);
         totals.add(&t);
     }
@@ -294,7 +294,7 @@ async fn account(
         if let Some(prev) = sessions.get(&peer_jid) {
             let got = found.first().map(|(_, v)| v.to_value());
             if got.as_ref() != Some(prev) {
-                return Err(Error::Internal(format!(
+                return Err(Error::internal(format!(
                     "session {peer_jid} read back wrong"
                 )));
             }

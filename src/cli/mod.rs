@@ -36,7 +36,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| authstate::Error::Internal(format!("tokio runtime: {e}")))?;
+        .map_err(|e| authstate::Error::internal(format!("tokio runtime: {e}")))?;
     match cli.command {
         Command::Migrate => rt.block_on(async {
             let store = Store::open(config(cli.database_url.as_deref())?).await?;

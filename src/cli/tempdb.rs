@@ -16,7 +16,7 @@ pub struct Args {
 pub async fn run(args: Args) -> Result<ExitCode> {
     let cluster = tokio::task::spawn_blocking(TempCluster::start)
         .await
-        .map_err(|e| authstate::Error::Internal(e.to_string()))??;
+        .map_err(|e| authstate::Error::internal(e.to_string()))??;
     cluster.create_database(&args.db)?;
     let info = serde_json::json!({
         "url": cluster.url(&args.db),
@@ -30,7 +30,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 256];
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| authstate::Error::Internal(e.to_string()))?;
+        .map_err(|e| authstate::Error::internal(e.to_string()))?;
     loop {
         tokio::select! {
             n = stdin.read(&mut buf) => if matches!(n, Ok(0) | Err(_)) { break },

@@ -10,12 +10,12 @@ use crate::Error;
 /// `ptr` is NULL or points to a NUL-terminated string that stays valid and unchanged for `'a`.
 pub(crate) unsafe fn str_arg<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Error> {
     if ptr.is_null() {
-        return Err(Error::InvalidArgument(format!("{what} is NULL")));
+        return Err(Error::invalid(format!("{what} is NULL")));
     }
     // SAFETY: non-NULL and NUL-terminated per this function's contract.
     let c = unsafe { CStr::from_ptr(ptr) };
     c.to_str().map_err(|e| {
-        Error::InvalidArgument(format!(
+        Error::invalid(format!(
             "{what} is not valid UTF-8 (invalid byte at offset {})",
             e.valid_up_to()
         ))
@@ -25,7 +25,7 @@ pub(crate) unsafe fn str_arg<'a>(ptr: *const c_char, what: &str) -> Result<&'a s
 /// Refuses a NULL out-parameter before any work is done.
 pub(crate) fn out_arg<T>(out: *mut T, what: &str) -> Result<(), Error> {
     if out.is_null() {
-        return Err(Error::InvalidArgument(format!("{what} is NULL")));
+        return Err(Error::invalid(format!("{what} is NULL")));
     }
     Ok(())
 }
@@ -44,5 +44,5 @@ pub(crate) unsafe fn write_out<T>(out: *mut T, value: T) {
 pub(crate) fn into_c_string(text: String) -> Result<*mut c_char, Error> {
     CString::new(text)
         .map(CString::into_raw)
-        .map_err(|_| Error::Internal("output text contains a NUL byte".into()))
+        .map_err(|_| Error::internal("output text contains a NUL byte"))
 }

@@ -39,7 +39,7 @@ pub(crate) trait BoxHandle: Sized {
     unsafe fn borrow<'a>(ptr: *const Self) -> Result<&'a Self::Inner, Error> {
         // SAFETY: per this function's contract, a non-NULL `ptr` is a live `Box<Inner>`.
         unsafe { ptr.cast::<Self::Inner>().as_ref() }
-            .ok_or_else(|| Error::InvalidArgument(format!("{} is NULL", Self::NAME)))
+            .ok_or_else(|| Error::invalid(format!("{} is NULL", Self::NAME)))
     }
 
     /// Takes ownership back from C; NULL gives `None`.

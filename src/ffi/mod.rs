@@ -9,7 +9,7 @@
 //!   [`panic::status_boundary`] (or [`panic::value_boundary`]), which turns a Rust panic into
 //!   `AUTHSTATE_PANIC` (or a safe default for functions that return no status).
 //! - **Inputs are checked.** NULL pointers, strings that are not UTF-8, text that is not JSON
-//!   and identifiers the core refuses get `AUTHSTATE_INVALID_ARGUMENT`, never a crash.
+//!   and identifiers the core refuses get `AUTHSTATE_INVALID`, never a crash.
 //! - **Outputs are written only on success.** On any other status an out-parameter keeps the
 //!   value the caller put there.
 //! - **Ownership.** Inputs are borrowed for the duration of the call. Every object the library

@@ -67,7 +67,7 @@ mod tests {
 
     #[test]
     fn error_and_success() {
-        let s = status_boundary("f", || Err(Error::Locked("held by pid 1".into())));
+        let s = status_boundary("f", || Err(Error::locked("held by pid 1")));
         assert_eq!(s, authstate_status::AUTHSTATE_LOCKED);
         assert!(last_error::get().contains("held by pid 1"));
         assert_eq!(

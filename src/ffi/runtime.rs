@@ -23,7 +23,7 @@ fn runtime() -> Result<&'static Runtime, Error> {
                 .map_err(|e| e.to_string())
         })
         .as_ref()
-        .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))
+        .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))
 }
 
 /// Runs `fut` to completion on the library's runtime, blocking the calling thread.
@@ -32,8 +32,8 @@ fn runtime() -> Result<&'static Runtime, Error> {
 /// e.g. a C callback invoked from async Rust: blocking there could deadlock the runtime.
 pub(crate) fn block_on<F: Future>(fut: F) -> Result<F::Output, Error> {
     if tokio::runtime::Handle::try_current().is_ok() {
-        return Err(Error::InvalidArgument(
-            "authstate C functions block and must not be called from inside a tokio runtime".into(),
+        return Err(Error::invalid(
+            "authstate C functions block and must not be called from inside a tokio runtime",
         ));
     }
     Ok(runtime()?.block_on(fut))

@@ -18,7 +18,7 @@ use crate::Error;
 /// Opens the session of one company (one WhatsApp account).
 ///
 /// `company_id` must be 1 to 50 characters of `A-Z a-z 0-9 _ -`; anything else gives
-/// `AUTHSTATE_INVALID_ARGUMENT`.
+/// `AUTHSTATE_INVALID`.
 ///
 /// Ownership: `store` and `company_id` are borrowed for the call. On `AUTHSTATE_OK`, `*out`
 /// receives a new handle owned by the caller, to be released with `authstate_session_close`;
@@ -89,7 +89,7 @@ pub unsafe extern "C" fn authstate_creds_load(
         let session = unsafe { authstate_session::borrow(session) }?;
         out_arg(json_out, "json_out")?;
         let creds = block_on(session.load_creds())??.ok_or_else(|| {
-            Error::NotFound(format!(
+            Error::not_found(format!(
                 "no creds saved for company {}",
                 session.company_id()
             ))
@@ -163,10 +163,10 @@ pub unsafe extern "C" fn authstate_keys_get(
             Vec::new()
         } else {
             if ids.is_null() {
-                return Err(Error::InvalidArgument(format!("ids is NULL but n is {n}")));
+                return Err(Error::invalid(format!("ids is NULL but n is {n}")));
             }
             if n > crate::validate::MAX_IDS_PER_GET {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::invalid(format!(
                     "{n} ids in one get, the limit is {}",
                     crate::validate::MAX_IDS_PER_GET
                 )));

@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, CStr};
 
-use crate::Error;
+use crate::{Error, ErrorKind};
 
 use super::panic::value_boundary;
 
@@ -21,7 +21,7 @@ pub enum authstate_status {
     AUTHSTATE_NOT_FOUND = 1,
     /// A NULL pointer, a string that is not UTF-8, text that is not JSON, or an identifier or
     /// value the store refuses. Nothing was written.
-    AUTHSTATE_INVALID_ARGUMENT = 2,
+    AUTHSTATE_INVALID = 2,
     /// PostgreSQL cannot be reached and the answer could not be served from memory.
     AUTHSTATE_UNAVAILABLE = 3,
     /// A connect or statement timeout expired.
@@ -34,7 +34,7 @@ pub enum authstate_status {
     /// in an inconsistent state: close it.
     AUTHSTATE_PANIC = 7,
     /// The pending-write log of an outage reached its configured bound; the write was refused.
-    AUTHSTATE_BACKLOG_FULL = 8,
+    AUTHSTATE_BACKLOG = 8,
     /// Another holder owns the resource (a company lease, a concurrent migration).
     AUTHSTATE_LOCKED = 9,
     /// A migration is missing, was edited after it was applied, or failed.
@@ -51,36 +51,42 @@ use authstate_status::*;
 pub(crate) const ALL: [authstate_status; 13] = [
     AUTHSTATE_OK,
     AUTHSTATE_NOT_FOUND,
-    AUTHSTATE_INVALID_ARGUMENT,
+    AUTHSTATE_INVALID,
     AUTHSTATE_UNAVAILABLE,
     AUTHSTATE_TIMEOUT,
     AUTHSTATE_READ_ONLY,
     AUTHSTATE_INTERNAL,
     AUTHSTATE_PANIC,
-    AUTHSTATE_BACKLOG_FULL,
+    AUTHSTATE_BACKLOG,
     AUTHSTATE_LOCKED,
     AUTHSTATE_MIGRATION,
     AUTHSTATE_DATABASE,
     AUTHSTATE_CLOSED,
 ];
 
-impl From<&Error> for authstate_status {
-    /// The one mapping from core errors to C codes. The match is exhaustive (inside the crate
-    /// `#[non_exhaustive]` does not apply), so a new core error cannot compile without a code.
-    fn from(e: &Error) -> Self {
-        match e {
-            Error::InvalidArgument(_) => AUTHSTATE_INVALID_ARGUMENT,
-            Error::NotFound(_) => AUTHSTATE_NOT_FOUND,
-            Error::Unavailable(_) => AUTHSTATE_UNAVAILABLE,
-            Error::Timeout(_) => AUTHSTATE_TIMEOUT,
-            Error::ReadOnly(_) => AUTHSTATE_READ_ONLY,
-            Error::Backlog(_) => AUTHSTATE_BACKLOG_FULL,
-            Error::Locked(_) => AUTHSTATE_LOCKED,
-            Error::Migration(_) => AUTHSTATE_MIGRATION,
-            Error::Database(_) => AUTHSTATE_DATABASE,
-            Error::Closed(_) => AUTHSTATE_CLOSED,
-            Error::Internal(_) => AUTHSTATE_INTERNAL,
+impl From<ErrorKind> for authstate_status {
+    /// The one mapping from core error kinds to C codes. Exhaustive: a new kind does not
+    /// compile until it has a code, and a test checks every code's name against the kind's.
+    fn from(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::InvalidArgument => AUTHSTATE_INVALID,
+            ErrorKind::NotFound => AUTHSTATE_NOT_FOUND,
+            ErrorKind::Unavailable => AUTHSTATE_UNAVAILABLE,
+            ErrorKind::Timeout => AUTHSTATE_TIMEOUT,
+            ErrorKind::ReadOnly => AUTHSTATE_READ_ONLY,
+            ErrorKind::Backlog => AUTHSTATE_BACKLOG,
+            ErrorKind::Locked => AUTHSTATE_LOCKED,
+            ErrorKind::Migration => AUTHSTATE_MIGRATION,
+            ErrorKind::Database => AUTHSTATE_DATABASE,
+            ErrorKind::Closed => AUTHSTATE_CLOSED,
+            ErrorKind::Internal => AUTHSTATE_INTERNAL,
         }
+    }
+}
+
+impl From<&Error> for authstate_status {
+    fn from(e: &Error) -> Self {
+        e.kind().into()
     }
 }
 
@@ -91,13 +97,13 @@ impl authstate_status {
         match self {
             AUTHSTATE_OK => "OK",
             AUTHSTATE_NOT_FOUND => "NOT_FOUND",
-            AUTHSTATE_INVALID_ARGUMENT => "INVALID_ARGUMENT",
+            AUTHSTATE_INVALID => "INVALID",
             AUTHSTATE_UNAVAILABLE => "UNAVAILABLE",
             AUTHSTATE_TIMEOUT => "TIMEOUT",
             AUTHSTATE_READ_ONLY => "READ_ONLY",
             AUTHSTATE_INTERNAL => "INTERNAL",
             AUTHSTATE_PANIC => "PANIC",
-            AUTHSTATE_BACKLOG_FULL => "BACKLOG_FULL",
+            AUTHSTATE_BACKLOG => "BACKLOG",
             AUTHSTATE_LOCKED => "LOCKED",
             AUTHSTATE_MIGRATION => "MIGRATION",
             AUTHSTATE_DATABASE => "DATABASE",
@@ -109,13 +115,13 @@ impl authstate_status {
         match self {
             AUTHSTATE_OK => c"ok",
             AUTHSTATE_NOT_FOUND => c"not found",
-            AUTHSTATE_INVALID_ARGUMENT => c"invalid argument",
+            AUTHSTATE_INVALID => c"invalid argument",
             AUTHSTATE_UNAVAILABLE => c"database unavailable",
             AUTHSTATE_TIMEOUT => c"database timeout",
             AUTHSTATE_READ_ONLY => c"store is read-only during a database outage",
             AUTHSTATE_INTERNAL => c"internal error",
             AUTHSTATE_PANIC => c"panic inside the library (caught at the C boundary)",
-            AUTHSTATE_BACKLOG_FULL => c"pending writes full",
+            AUTHSTATE_BACKLOG => c"pending writes full",
             AUTHSTATE_LOCKED => c"locked by another holder",
             AUTHSTATE_MIGRATION => c"migration error",
             AUTHSTATE_DATABASE => c"database error",
@@ -154,23 +160,16 @@ mod tests {
     }
 
     #[test]
-    fn every_error_maps_to_its_own_code() {
-        let errors = [
-            Error::InvalidArgument("x".into()),
-            Error::NotFound("x".into()),
-            Error::Unavailable("x".into()),
-            Error::Timeout("x".into()),
-            Error::ReadOnly("x".into()),
-            Error::Backlog("x".into()),
-            Error::Locked("x".into()),
-            Error::Migration("x".into()),
-            Error::Database("x".into()),
-            Error::Closed("x".into()),
-            Error::Internal("x".into()),
-        ];
-        for e in &errors {
-            assert_eq!(authstate_status::from(e).code(), e.code());
+    fn every_kind_maps_to_the_code_of_its_name() {
+        let mut seen = std::collections::HashSet::new();
+        for kind in ErrorKind::ALL {
+            let status = authstate_status::from(kind);
+            assert_eq!(status.code(), kind.code(), "{kind:?}");
+            assert!(seen.insert(status), "{kind:?} shares a status");
+            assert_eq!(authstate_status::from(&Error::new(kind, "x")), status);
         }
+        // Every status but OK and PANIC (C-only) is an error kind.
+        assert_eq!(seen.len(), ALL.len() - 2);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::status::authstate_status;
 /// configuration comes from `DATABASE_URL`, or from the libpq `PG*` variables when that is
 /// unset. Opening does not create tables: call `authstate_store_migrate` once per database.
 ///
-/// Returns `AUTHSTATE_INVALID_ARGUMENT` for a NULL `out`, a URL that is not UTF-8 or that does
+/// Returns `AUTHSTATE_INVALID` for a NULL `out`, a URL that is not UTF-8 or that does
 /// not parse; connection failures give `AUTHSTATE_UNAVAILABLE` or `AUTHSTATE_TIMEOUT`.
 ///
 /// Ownership: `url_or_null` is borrowed for the call. On `AUTHSTATE_OK`, `*out` receives a new
