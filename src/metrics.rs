@@ -10,11 +10,10 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::cache::CacheStats;
-
 /// Queries slower than this count as slow (production threshold).
 pub const SLOW_QUERY: Duration = Duration::from_millis(500);
 
+/// The recorder every part of the store reports to.
 #[derive(Default)]
 pub(crate) struct Metrics {
     ops: Mutex<BTreeMap<&'static str, OpStats>>,
@@ -96,37 +95,4 @@ pub struct OpSnapshot {
     pub p99_us: u64,
     /// Slowest, microseconds.
     pub max_us: u64,
-}
-
-/// Pool occupancy at the time of the snapshot.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct PoolStats {
-    /// Configured maximum.
-    pub max_size: usize,
-    /// Connections open.
-    pub size: usize,
-    /// Open and idle.
-    pub available: usize,
-    /// Callers waiting for a connection.
-    pub waiting: usize,
-}
-
-/// Everything the store measured, for health reports and benchmarks.
-#[derive(Debug, Clone, Serialize)]
-pub struct MetricsSnapshot {
-    /// Per operation kind.
-    pub ops: Vec<OpSnapshot>,
-    /// Connection pool.
-    pub pool: PoolStats,
-    /// Read cache.
-    pub cache: CacheStats,
-    /// Outage state and pending writes.
-    pub outage: crate::outage::OutageStatus,
-}
-
-impl MetricsSnapshot {
-    /// The snapshot of one operation kind, if any was recorded.
-    pub fn op(&self, kind: &str) -> Option<&OpSnapshot> {
-        self.ops.iter().find(|o| o.kind == kind)
-    }
 }

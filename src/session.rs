@@ -5,23 +5,22 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio_postgres::types::Type;
-
 use crate::cache;
+use crate::company::Company;
+use crate::db::sql;
 use crate::error::{Error, Result};
-use crate::store::{discard_if_broken, Company, Inner, ShutdownOnDrop};
 use crate::validate;
 use crate::value::{parse_writes, KeyWrite, StoredValue};
-use crate::writer::{Op, WriteTicket};
+use crate::write::{Op, WritePath, WriteTicket};
 
 /// One company's state: creds and Signal keys. Cheap to clone; clones share the company's
 /// write order and cache.
 #[derive(Clone)]
 pub struct Session {
-    inner: Arc<Inner>,
+    wp: Arc<WritePath>,
     company: Arc<Company>,
     /// Keeps the store running while a session is alive, even if every `Store` was dropped.
-    _guard: Arc<ShutdownOnDrop>,
+    _guard: Arc<dyn Send + Sync>,
 }
 
 impl std::fmt::Debug for Session {
@@ -36,18 +35,14 @@ impl std::fmt::Debug for Session {
 /// absent, `Some(Some(v))` its value.
 type Known = Option<cache::Cached>;
 
-const GET_SQL: &str = "SELECT key_id, value::text FROM whatsapp_keys
-    WHERE company_id = $1 AND key_type = $2 AND key_id = ANY($3::text[])";
-const CREDS_SQL: &str = "SELECT creds::text FROM whatsapp_auth WHERE company_id = $1";
-
 impl Session {
     pub(crate) fn new(
-        inner: Arc<Inner>,
+        wp: Arc<WritePath>,
         company: Arc<Company>,
-        guard: Arc<ShutdownOnDrop>,
+        guard: Arc<dyn Send + Sync>,
     ) -> Session {
         Session {
-            inner,
+            wp,
             company,
             _guard: guard,
         }
@@ -59,7 +54,7 @@ impl Session {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.inner.is_closed() {
+        if self.wp.is_closed() {
             return Err(Error::closed("the store is closed"));
         }
         Ok(())
@@ -71,7 +66,7 @@ impl Session {
         self.check_open()?;
         let started = Instant::now();
         let result = self.load_creds_inner().await;
-        self.inner
+        self.wp
             .metrics
             .record("creds_load", started.elapsed(), result.is_ok());
         result
@@ -83,10 +78,10 @@ impl Session {
     /// the database.
     fn creds_in_memory(&self) -> Known {
         let key = cache::creds_key(&self.company.id);
-        self.inner
+        self.wp
             .outage
             .overlay_get(&self.company.id, &key)
-            .or_else(|| self.inner.cache.get(&key))
+            .or_else(|| self.wp.cache.get(&key))
             .or_else(|| self.company.last_creds().map(Some))
     }
 
@@ -94,17 +89,14 @@ impl Session {
         if let Some(v) = self.creds_in_memory() {
             return Ok(v);
         }
-        self.inner.outage.check_reads()?;
+        self.wp.outage.check_reads()?;
         let epoch = self.company.epoch();
-        let rows = self
-            .query(CREDS_SQL, &[Type::TEXT], &[&&*self.company.id])
+        let company = &*self.company.id;
+        let value = self
+            .read("read creds", async |c| sql::get_creds(&*c, company).await)
             .await?;
-        let value = match rows.first() {
-            Some(row) => Some(StoredValue::from_db(row.get::<_, &str>(0))?),
-            None => None,
-        };
         if self.company.epoch() == epoch {
-            self.inner
+            self.wp
                 .cache
                 .put(cache::creds_key(&self.company.id), value.clone());
             self.company.set_last_creds(value.clone());
@@ -146,7 +138,7 @@ impl Session {
         let started = Instant::now();
         let ids: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
         let result = self.get_inner(key_type, &ids).await;
-        self.inner
+        self.wp
             .metrics
             .record("get", started.elapsed(), result.is_ok());
         result
@@ -190,20 +182,15 @@ impl Session {
             .map(|(id, m)| (id, m.flatten()))
             .collect();
         if !missing.is_empty() {
-            self.inner.outage.check_reads()?;
+            self.wp.outage.check_reads()?;
             let epoch = self.company.epoch();
+            let company = &*self.company.id;
             let rows = self
-                .query(
-                    GET_SQL,
-                    &[Type::TEXT, Type::TEXT, Type::TEXT_ARRAY],
-                    &[&&*self.company.id, &key_type, &missing],
-                )
+                .read("read keys", async |c| {
+                    sql::get_keys(&*c, company, key_type, &missing).await
+                })
                 .await?;
-            let mut found = std::collections::HashMap::with_capacity(rows.len());
-            for row in &rows {
-                let id: &str = row.get(0);
-                found.insert(id.to_string(), StoredValue::from_db(row.get::<_, &str>(1))?);
-            }
+            let found: std::collections::HashMap<String, StoredValue> = rows.into_iter().collect();
             let fill_cache = self.company.epoch() == epoch;
             for slot in known.iter_mut() {
                 if slot.1.is_none() {
@@ -214,7 +201,7 @@ impl Session {
             }
             if fill_cache {
                 for id in &missing {
-                    self.inner.cache.put(
+                    self.wp.cache.put(
                         cache::key_of(&self.company.id, key_type, id),
                         found.get(*id).cloned(),
                     );
@@ -231,10 +218,10 @@ impl Session {
     /// knows nothing, `Some(None)` when the key is known to be absent.
     fn in_memory(&self, key_type: &str, id: &str, count: bool) -> Known {
         let key = cache::key_of(&self.company.id, key_type, id);
-        self.inner
+        self.wp
             .outage
             .overlay_get(&self.company.id, &key)
-            .or_else(|| self.inner.cache.lookup(&key, count))
+            .or_else(|| self.wp.cache.lookup(&key, count))
     }
 
     /// [`Session::get`] as one JSON object text, `{"id": value, ...}`, for the bindings.
@@ -266,9 +253,9 @@ impl Session {
                 Some(Some(v)) => found.push((id.to_string(), v.clone())),
             }
         }
-        self.inner.cache.count_hits(looked_up.len() as u64);
+        self.wp.cache.count_hits(looked_up.len() as u64);
         let out = json_object(&found)?;
-        self.inner.metrics.record("get", started.elapsed(), true);
+        self.wp.metrics.record("get", started.elapsed(), true);
         Ok(Some(out))
     }
 
@@ -315,32 +302,19 @@ impl Session {
 
     /// Submits `op` and records its latency (enqueue to commit) under `kind`.
     fn timed(&self, kind: &'static str, op: Op) -> Result<WriteTicket> {
-        let ticket = self.inner.submit(&self.company, op)?;
-        Ok(ticket.timed(self.inner.clone(), kind))
+        let ticket = self.wp.submit(&self.company, op)?;
+        Ok(ticket.timed(self.wp.metrics.clone(), kind))
     }
 
-    async fn query(
+    /// A read through the one database call helper; a connectivity failure starts outage mode.
+    async fn read<T>(
         &self,
-        sql: &str,
-        types: &[Type],
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>> {
-        let bound = self.inner.call_timeout();
-        let client = match self.inner.client().await {
-            Ok(c) => c,
-            Err(e) => {
-                self.inner.on_error(&e);
-                return Err(e);
-            }
-        };
-        let fut = async {
-            let stmt = client.prepare_typed_cached(sql, types).await?;
-            Ok::<_, Error>(client.query(&stmt, params).await?)
-        };
-        let result = crate::store::bounded(bound, "read", fut).await;
+        what: &str,
+        f: impl AsyncFnOnce(&mut crate::db::Client) -> Result<T>,
+    ) -> Result<T> {
+        let result = self.wp.db.call(what, f).await;
         if let Err(e) = &result {
-            self.inner.on_error(e);
-            discard_if_broken(client, e);
+            self.wp.on_error(e);
         }
         result
     }

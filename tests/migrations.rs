@@ -106,3 +106,23 @@ async fn an_edited_applied_migration_is_refused() {
     );
     store.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_database_migrated_by_a_newer_binary_is_refused() {
+    let url = common::fresh_database("newer").await;
+    let store = open(&url).await;
+    store.migrate().await.unwrap();
+    let db = common::sql(&url).await;
+    db.batch_execute(
+        "INSERT INTO schema_migrations (version, name, checksum) VALUES (9999, 'from_the_future', 'x')",
+    )
+    .await
+    .unwrap();
+    let e = store.migrate().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Migration, "{e:?}");
+    assert!(
+        e.message().contains("newer") && e.message().contains("9999_from_the_future"),
+        "{e}"
+    );
+    store.close().await.unwrap();
+}

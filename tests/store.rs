@@ -512,3 +512,54 @@ async fn dropping_the_store_without_close_frees_it_and_keeps_queued_writes() {
         .get(0);
     assert_eq!(n, 1);
 }
+
+/// Tables adopted from production were made by hand: NULLs and odd types must be typed errors
+/// that name the row, never a panic, and must leave the other rows readable.
+#[tokio::test]
+async fn bad_rows_of_hand_made_tables_are_typed_errors_naming_the_row() {
+    let url = common::fresh_database("badrows").await;
+    let db = common::sql(&url).await;
+    db.batch_execute(
+        "CREATE TABLE whatsapp_auth (company_id text PRIMARY KEY, creds jsonb, updated_at timestamptz);
+         CREATE TABLE whatsapp_keys (company_id text, key_type text, key_id text, value text,
+             updated_at timestamptz, expires_at timestamptz,
+             UNIQUE (company_id, key_type, key_id));
+         INSERT INTO whatsapp_auth VALUES ('nullcreds', NULL, now());
+         INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) VALUES
+             ('acme', 'session', 'good', '{\"a\":1}'),
+             ('acme', 'session', 'null', NULL),
+             ('acme', 'session', 'notjson', 'not json at all');",
+    )
+    .await
+    .unwrap();
+    let store = authstate::Store::open(authstate::Config::from_url(&url).unwrap())
+        .await
+        .unwrap();
+    let s = store.session("acme").await.unwrap();
+    let e = s.get("session", &["good", "null"]).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Database, "{e:?}");
+    for part in ["acme", "session null", "NULL"] {
+        assert!(e.message().contains(part), "{part:?} missing in {e}");
+    }
+    assert!(!e.message().contains("good"), "{e}");
+    // Text that is not JSON is refused by the server (never handed out as a value).
+    let e = s.get("session", &["notjson"]).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Database, "{e:?}");
+    assert_eq!(e.sqlstate(), Some("22P02"), "{e:?}");
+    for part in ["acme", "session notjson"] {
+        assert!(e.message().contains(part), "{part:?} missing in {e}");
+    }
+    // The good row is still served, alone or next to absent ids.
+    let got = s.get("session", &["good", "absent"]).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1.as_str(), r#"{"a":1}"#);
+
+    let c = store.session("nullcreds").await.unwrap();
+    let e = c.load_creds().await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Database, "{e:?}");
+    assert!(
+        e.message().contains("nullcreds") && e.message().contains("NULL"),
+        "{e}"
+    );
+    store.close().await.unwrap();
+}

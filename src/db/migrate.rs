@@ -35,12 +35,12 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "initial",
-        sql: include_str!("../migrations/0001_initial.sql"),
+        sql: include_str!("../../migrations/0001_initial.sql"),
     },
     Migration {
         version: 2,
         name: "expiry_index",
-        sql: include_str!("../migrations/0002_expiry_index.sql"),
+        sql: include_str!("../../migrations/0002_expiry_index.sql"),
     },
 ];
 
@@ -56,10 +56,44 @@ pub struct MigrationReport {
     pub already_applied: Vec<i64>,
 }
 
+/// Refuses a database that a newer binary migrated: its schema may differ in ways this
+/// binary would silently get wrong (as sqlx does).
+async fn refuse_newer_schema(tx: &tokio_postgres::Transaction<'_>, known: i64) -> Result<()> {
+    let rows = tx
+        .query_typed(
+            "SELECT version, name FROM schema_migrations WHERE version > $1 ORDER BY version",
+            &[(&known, Type::INT8)],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let unknown: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let v = r
+                .try_get::<_, i64>(0)
+                .map_or("?".into(), |v| format!("{v:04}"));
+            let name = r
+                .try_get::<_, Option<String>>(1)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            format!("{v}_{name}")
+        })
+        .collect();
+    Err(Error::migration(format!(
+        "the database was migrated by a newer authstate (applied migrations unknown to this \
+         binary: {}; this binary knows up to {known:04}); upgrade this binary",
+        unknown.join(", ")
+    )))
+}
+
 /// Applies every pending migration on `client`, in order.
 pub async fn run(client: &mut tokio_postgres::Client) -> Result<MigrationReport> {
     let mut report = MigrationReport::default();
-    for m in MIGRATIONS {
+    let known = MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0);
+    for (n, m) in MIGRATIONS.iter().enumerate() {
         let tx = client.transaction().await?;
         tx.query_typed(
             "SELECT pg_advisory_xact_lock($1)",
@@ -75,6 +109,9 @@ pub async fn run(client: &mut tokio_postgres::Client) -> Result<MigrationReport>
             )",
         )
         .await?;
+        if n == 0 {
+            refuse_newer_schema(&tx, known).await?;
+        }
         let row = tx
             .query_typed(
                 "SELECT checksum FROM schema_migrations WHERE version = $1",
@@ -83,7 +120,16 @@ pub async fn run(client: &mut tokio_postgres::Client) -> Result<MigrationReport>
             .await?;
         let checksum = m.checksum();
         if let Some(row) = row.first() {
-            let recorded: String = row.get(0);
+            let recorded: String = row
+                .try_get::<_, Option<String>>(0)
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    Error::migration(format!(
+                        "schema_migrations row {} has no readable checksum",
+                        m.version
+                    ))
+                })?;
             if recorded != checksum {
                 return Err(Error::migration(format!(
                     "migration {:04}_{} was edited after it was applied (recorded checksum {}, file has {})",

@@ -1,0 +1,187 @@
+//! The only part of the store that talks to PostgreSQL.
+//!
+//! [`Db`] owns the pool (deadpool-postgres over tokio-postgres, TLS by rustls) and runs every
+//! database call through one helper, [`Db::call`], which bounds the call in time, classifies
+//! its error ([`crate::Error`]) and discards a connection that failed in a way that may leave it
+//! unusable instead of returning it to the pool. Every SQL statement of the store is in
+//! [`sql`]; schema migrations in [`migrate`].
+
+mod connect;
+pub mod migrate;
+pub(crate) mod sql;
+mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+pub use deadpool_postgres::Client;
+
+/// The connection pool and the rules every database call follows.
+pub(crate) struct Db {
+    pool: Pool,
+    conns: Arc<connect::ConnTracker>,
+    connect_timeout: Duration,
+    call_bound: Duration,
+}
+
+/// Pool occupancy, as deadpool reports it.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Configured maximum.
+    pub max_size: usize,
+    /// Connections open.
+    pub size: usize,
+    /// Open and idle.
+    pub available: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
+}
+
+impl Db {
+    /// Builds the pool for `config`; no connection is made yet.
+    pub(crate) fn new(config: &Config) -> Result<Db> {
+        let (pool, conns) = connect::pool(config)?;
+        Ok(Db {
+            pool,
+            conns,
+            connect_timeout: config.connect_timeout,
+            // A hung network fails within one statement timeout plus one connect timeout.
+            call_bound: config.statement_timeout + config.connect_timeout,
+        })
+    }
+
+    /// A pooled connection, or `Unavailable`/`Timeout` within the connect timeout. Prefer
+    /// [`Db::call`], which also bounds what runs on the connection.
+    async fn client(&self) -> Result<Client> {
+        match tokio::time::timeout(self.connect_timeout, self.pool.get()).await {
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(Error::timeout(format!(
+                "no database connection within {} ms",
+                self.connect_timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Runs `f` on a pooled connection, failing with [`crate::ErrorKind::Timeout`] when the
+    /// whole call (connection included) takes longer than the statement plus connect timeout.
+    /// A connection whose call failed for connectivity or timed out is discarded: a timed-out
+    /// query may still be running on it, and the next caller must not wait behind it.
+    pub(crate) async fn call<T>(
+        &self,
+        what: &str,
+        f: impl AsyncFnOnce(&mut Client) -> Result<T>,
+    ) -> Result<T> {
+        let bound = self.call_bound;
+        let run = async {
+            let mut conn = Discard(Some(self.client().await?));
+            let Some(client) = conn.0.as_mut() else {
+                return Err(Error::internal("connection vanished"));
+            };
+            let result = f(client).await;
+            if !matches!(&result, Err(e) if e.is_unavailable()) {
+                // Finished cleanly (or with an answer from the server): back to the pool.
+                drop(conn.0.take());
+            }
+            result
+        };
+        match tokio::time::timeout(bound, run).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::timeout(format!(
+                "{what} did not finish within {} ms",
+                bound.as_millis()
+            ))),
+        }
+    }
+
+    /// Occupancy of the pool, for metrics and health.
+    pub(crate) fn pool_stats(&self) -> PoolStats {
+        let s = self.pool.status();
+        PoolStats {
+            max_size: s.max_size,
+            size: s.size,
+            available: s.available,
+            waiting: s.waiting,
+        }
+    }
+
+    /// Closes connections idle for longer than `idle`.
+    pub(crate) fn close_idle(&self, idle: Duration) {
+        self.pool.retain(|_, m| m.last_used() < idle);
+    }
+
+    /// Closes the pool and waits (up to 5 s) until every connection task has ended, so that
+    /// nothing of the store is alive when close returns.
+    pub(crate) async fn close(&self) {
+        self.pool.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.conns.all_ended()).await;
+    }
+}
+
+/// Holds a connection during a call. Unless the call finished and took it back out, dropping
+/// this (a failed call, or a timed-out call whose future was dropped mid-query) closes the
+/// connection instead of returning it to the pool.
+struct Discard(Option<Client>);
+
+impl Drop for Discard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            drop(deadpool_postgres::Object::take(c));
+        }
+    }
+}
+
+#[cfg(all(test, feature = "tempdb"))]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::tempdb::TempCluster;
+
+    /// A call that times out on the client side must not hand its connection (with the query
+    /// still running on it) back to the pool; a call that finished must.
+    #[test]
+    fn a_timed_out_call_discards_its_connection() {
+        let cluster = TempCluster::start().unwrap();
+        cluster.create_database("dbcall").unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut config = Config::from_url(&cluster.url("dbcall")).unwrap();
+            config.statement_timeout = Duration::ZERO; // only the client-side bound applies
+            config.connect_timeout = Duration::from_millis(700);
+            let db = Db::new(&config).unwrap();
+
+            db.call("ok", async |c| crate::db::sql::probe(c).await)
+                .await
+                .unwrap();
+            assert_eq!(
+                db.pool_stats().size,
+                1,
+                "a finished call keeps its connection"
+            );
+
+            let e = db
+                .call("sleep", async |c| {
+                    c.simple_query("SELECT pg_sleep(5)").await?;
+                    Ok(())
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+            assert_eq!(
+                db.pool_stats().size,
+                0,
+                "the timed-out connection was discarded"
+            );
+
+            // The pool still works: a new connection is made.
+            db.call("ok", async |c| crate::db::sql::probe(c).await)
+                .await
+                .unwrap();
+            db.close().await;
+        });
+    }
+}

@@ -1,0 +1,261 @@
+//! The write path: writer lanes with group commit, merging writes into statements, and the
+//! outage mode that keeps writes while PostgreSQL is away.
+//!
+//! Every write (`set`, `save_creds`, `clear`) is a [`Request`] sent to the lane of its company
+//! (`hash(company) % lanes`), so one company's calls are applied in call order. A lane takes the
+//! first waiting request plus every other one already queued (group commit), merges them (last
+//! write of a key wins, deletes included, see [`merge`]) and applies them with one statement,
+//! one round trip ([`commit`]). Each caller is answered only after the commit. If a merged
+//! commit fails for a reason other than connectivity, the requests are retried one by one, so
+//! each caller learns the outcome of its own data. Connectivity failures hand the requests to
+//! [`outage`], which keeps them and replays them when the database is back.
+
+pub(crate) mod commit;
+mod lane;
+pub(crate) mod merge;
+pub mod outage;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::cache::Cache;
+use crate::company::{Companies, Company};
+use crate::config::{Config, TtlPolicy};
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::value::{KeyWrite, StoredValue};
+
+use self::outage::{CloseReport, Outage};
+
+/// Most keys merged into one group commit (and into one replay transaction).
+pub(crate) const MAX_BATCH_KEYS: usize = 20_000;
+
+/// What one call asks to write.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    /// Upserts and deletes of one `set`.
+    Keys(Vec<KeyWrite>),
+    /// A new creds object.
+    Creds(StoredValue),
+    /// Delete every key and the creds of the company.
+    Clear,
+}
+
+impl Op {
+    pub(crate) fn weight(&self) -> usize {
+        match self {
+            Op::Keys(w) => w.len().max(1),
+            Op::Creds(_) | Op::Clear => 1,
+        }
+    }
+
+    /// Bytes of value text, for the pending-write bound.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Op::Keys(w) => w
+                .iter()
+                .map(|k| {
+                    k.key_id.len() + k.key_type.len() + k.value.as_ref().map_or(0, StoredValue::len)
+                })
+                .sum(),
+            Op::Creds(v) => v.len(),
+            Op::Clear => 0,
+        }
+    }
+}
+
+/// One call waiting for its commit.
+pub(crate) struct Request {
+    pub(crate) company: Arc<Company>,
+    pub(crate) op: Op,
+    pub(crate) reply: Reply,
+}
+
+/// The answer channel of one call. A call is answered exactly once: a `Reply` dropped
+/// unanswered (its lane panicked, or the runtime shut down under it) answers `INTERNAL`, so no
+/// caller waits forever and none is told "closed" for a store that is open.
+pub(crate) struct Reply(Option<oneshot::Sender<Result<()>>>);
+
+impl Reply {
+    pub(crate) fn send(mut self, r: Result<()>) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(Err(Error::internal(
+                "the writer task stopped before answering (a panic, or its runtime shut down); \
+                 the write may or may not be committed",
+            )));
+        }
+    }
+}
+
+/// Resolves when the write it stands for is committed (or safely kept during an outage).
+#[must_use = "a write is only known to be saved once its ticket resolves"]
+pub struct WriteTicket {
+    rx: Option<oneshot::Receiver<Result<()>>>,
+    timing: Option<(Arc<Metrics>, &'static str, Instant)>,
+}
+
+impl std::fmt::Debug for WriteTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTicket").finish_non_exhaustive()
+    }
+}
+
+impl WriteTicket {
+    /// A ticket for a write that needed no database work (e.g. an empty `set`).
+    pub(crate) fn done() -> WriteTicket {
+        WriteTicket {
+            rx: None,
+            timing: None,
+        }
+    }
+
+    /// Records the latency from now to the outcome under `kind` when the ticket is waited on.
+    pub(crate) fn timed(mut self, metrics: Arc<Metrics>, kind: &'static str) -> WriteTicket {
+        self.timing = Some((metrics, kind, Instant::now()));
+        self
+    }
+
+    /// Waits for the commit and returns its outcome.
+    pub async fn wait(self) -> Result<()> {
+        let result = match self.rx {
+            None => Ok(()),
+            Some(rx) => rx.await.unwrap_or_else(|_| {
+                Err(Error::closed("the store closed before the write finished"))
+            }),
+        };
+        if let Some((metrics, kind, started)) = self.timing {
+            metrics.record(kind, started.elapsed(), result.is_ok());
+        }
+        result
+    }
+}
+
+/// The write path of one store: what the lanes, the outage replay and the sessions share.
+pub(crate) struct WritePath {
+    pub(crate) db: Arc<Db>,
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) companies: Arc<Companies>,
+    pub(crate) outage: Outage,
+    ttl: TtlPolicy,
+    group_commit: bool,
+    lanes: RwLock<Vec<mpsc::UnboundedSender<Request>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+impl WritePath {
+    /// Builds the write path and loads a journal left by a previous process (see
+    /// [`Config::journal_path`]). Returns it with whether the journal held writes; nothing runs
+    /// until [`WritePath::start`].
+    pub(crate) fn new(
+        config: &Config,
+        db: Arc<Db>,
+        cache: Arc<Cache>,
+        metrics: Arc<Metrics>,
+        companies: Arc<Companies>,
+    ) -> Result<(Arc<WritePath>, bool)> {
+        let outage = Outage::new(config)?;
+        let had_journal = outage.load_journal(&companies)?;
+        let wp = Arc::new(WritePath {
+            db,
+            cache,
+            metrics,
+            companies,
+            outage,
+            ttl: config.ttl.clone(),
+            group_commit: config.group_commit,
+            lanes: RwLock::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        });
+        Ok((wp, had_journal))
+    }
+
+    /// Starts `lanes` writer lanes and the reconnect task on the current tokio runtime.
+    pub(crate) fn start(self: &Arc<Self>, lanes: usize) {
+        let mut senders = Vec::with_capacity(lanes);
+        let mut tasks = Vec::with_capacity(lanes + 1);
+        for _ in 0..lanes {
+            let (tx, rx) = mpsc::unbounded_channel();
+            senders.push(tx);
+            tasks.push(tokio::spawn(lane::run(self.clone(), rx)));
+        }
+        tasks.push(tokio::spawn(outage::reconnect_loop(Arc::downgrade(self))));
+        *self.lanes.write().unwrap_or_else(|p| p.into_inner()) = senders;
+        *self.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+    }
+
+    /// The time to live of a key of `key_type` (sets `expires_at`).
+    pub(crate) fn ttl(&self) -> &TtlPolicy {
+        &self.ttl
+    }
+
+    /// Enqueues a write on its company's lane; the ticket resolves after the commit.
+    pub(crate) fn submit(&self, company: &Arc<Company>, op: Op) -> Result<WriteTicket> {
+        let (tx, rx) = oneshot::channel();
+        let lanes = self.lanes.read().unwrap_or_else(|p| p.into_inner());
+        let closed = || Error::closed("the store is closed");
+        let lane = lanes.get(company.lane).ok_or_else(closed)?;
+        lane.send(Request {
+            company: company.clone(),
+            op,
+            reply: Reply(Some(tx)),
+        })
+        .map_err(|_| closed())?;
+        Ok(WriteTicket {
+            rx: Some(rx),
+            timing: None,
+        })
+    }
+
+    /// Records a failed database call; connectivity failures start outage mode.
+    pub(crate) fn on_error(&self, e: &Error) {
+        if e.is_unavailable() {
+            self.outage.enter(e);
+        }
+    }
+
+    /// True once the store began closing: new calls are refused.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Closes the lanes' channels (each lane drains its queue, then ends) and aborts the
+    /// reconnect task. Returns the tasks, for a caller that waits.
+    pub(crate) fn stop(&self) -> Vec<JoinHandle<()>> {
+        self.closed.store(true, Ordering::Release);
+        self.lanes
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(reconnect) = tasks.last() {
+            reconnect.abort();
+        }
+        tasks
+    }
+
+    /// Stops the lanes after their queues drained, then writes what an outage kept (one
+    /// attempt) and reports what could not be written.
+    pub(crate) async fn close(self: &Arc<Self>) -> CloseReport {
+        for t in self.stop() {
+            // An aborted task resolves once it has been dropped; a lane once its queue is done.
+            let _ = t.await;
+        }
+        outage::flush_on_close(self).await
+    }
+}

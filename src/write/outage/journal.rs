@@ -1,0 +1,276 @@
+//! The outage journal file: one JSON line per kept call, fsynced before the call is answered,
+//! replayed at the next start after a crash, compacted by rewrite-and-rename.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::value::{KeyWrite, StoredValue};
+use crate::write::Op;
+
+/// The append-only journal: one JSON line per kept call, fsynced before the call is answered.
+pub(super) struct Journal {
+    pub(super) path: PathBuf,
+    file: File,
+    pub(super) bytes: u64,
+}
+
+impl Journal {
+    pub(super) fn open(path: PathBuf) -> Result<Journal> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(|e| Error::invalid(format!("cannot open journal {}: {e}", path.display())))?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Journal { path, file, bytes })
+    }
+
+    pub(super) fn append(&mut self, ops: &[(&str, &Op)]) -> std::io::Result<()> {
+        let buf = encode_records(ops)?;
+        self.file.write_all(buf.as_bytes())?;
+        self.file.sync_data()?;
+        self.bytes += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Replaces the journal with `ops` (the live pending calls): written to a temporary file,
+    /// fsynced, renamed over the journal and the directory fsynced, so a crash leaves either
+    /// the old or the new journal, both of which replay to the same state.
+    pub(super) fn rewrite(&mut self, ops: &[(&str, &Op)]) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("compact");
+        let buf = encode_records(ops)?;
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(buf.as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+        self.file = OpenOptions::new()
+            .append(true)
+            .read(true)
+            .open(&self.path)?;
+        self.bytes = buf.len() as u64;
+        Ok(())
+    }
+
+    pub(super) fn truncate(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.sync_all()?;
+        self.bytes = 0;
+        Ok(())
+    }
+
+    /// Reads every record. A torn last line (a crash mid-append, never acknowledged; it may
+    /// end inside a UTF-8 character) is skipped and cut off the file, and the file is left
+    /// ending with a newline, so the next append starts a line of its own instead of being
+    /// glued to the fragment. A bad line elsewhere is an error, because skipping it would lose
+    /// a write.
+    pub(super) fn load(&mut self) -> Result<Vec<(String, Op)>> {
+        let read_err = |e: std::io::Error| {
+            Error::internal(format!("cannot read journal {}: {e}", self.path.display()))
+        };
+        let data = std::fs::read(&self.path).map_err(read_err)?;
+        let mut out = Vec::new();
+        // End of the last line that is kept (complete or not).
+        let mut good_end = 0;
+        let mut pos = 0;
+        let mut n = 0;
+        while pos < data.len() {
+            n += 1;
+            let rest = &data[pos..];
+            let (line, next) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], pos + i + 1),
+                None => (rest, data.len()),
+            };
+            let parsed = std::str::from_utf8(line)
+                .map_err(|e| Error::internal(format!("not UTF-8: {e}")))
+                .and_then(|l| {
+                    if l.trim().is_empty() {
+                        Ok(None)
+                    } else {
+                        decode_record(l).map(Some)
+                    }
+                });
+            match parsed {
+                Ok(r) => {
+                    out.extend(r);
+                    good_end = next;
+                }
+                Err(_) if next >= data.len() => {
+                    tracing::warn!("skipping a torn last journal line (never acknowledged)");
+                }
+                Err(e) => {
+                    return Err(Error::internal(format!(
+                        "journal {} line {n} is corrupt: {e}",
+                        self.path.display()
+                    )))
+                }
+            }
+            pos = next;
+        }
+        let io_err = |e: std::io::Error| {
+            Error::internal(format!(
+                "cannot repair journal {}: {e}",
+                self.path.display()
+            ))
+        };
+        if good_end < data.len() {
+            self.file.set_len(good_end as u64).map_err(io_err)?;
+        }
+        let mut len = good_end as u64;
+        if good_end > 0 && data[good_end - 1] != b'\n' {
+            self.file.write_all(b"\n").map_err(io_err)?;
+            len += 1;
+        }
+        if len != data.len() as u64 {
+            self.file.sync_data().map_err(io_err)?;
+        }
+        self.bytes = len;
+        Ok(out)
+    }
+}
+
+/// Journal lines for `ops`, each ended by a newline.
+fn encode_records(ops: &[(&str, &Op)]) -> std::io::Result<String> {
+    let mut buf = String::new();
+    for (company, op) in ops {
+        buf.push_str(&encode_record(company, op)?);
+        buf.push('\n');
+    }
+    Ok(buf)
+}
+
+fn encode_record(company: &str, op: &Op) -> std::io::Result<String> {
+    let c = serde_json::to_string(company)?;
+    Ok(match op {
+        Op::Keys(writes) => {
+            let mut s = format!("{{\"c\":{c},\"op\":\"keys\",\"w\":[");
+            for (n, w) in writes.iter().enumerate() {
+                if n > 0 {
+                    s.push(',');
+                }
+                s.push('[');
+                s.push_str(&serde_json::to_string(&w.key_type)?);
+                s.push(',');
+                s.push_str(&serde_json::to_string(&w.key_id)?);
+                s.push(',');
+                s.push_str(w.value.as_ref().map_or("null", StoredValue::as_str));
+                s.push(']');
+            }
+            s.push_str("]}");
+            s
+        }
+        Op::Creds(v) => format!("{{\"c\":{c},\"op\":\"creds\",\"v\":{}}}", v.as_str()),
+        Op::Clear => format!("{{\"c\":{c},\"op\":\"clear\"}}"),
+    })
+}
+
+fn decode_record(line: &str) -> Result<(String, Op)> {
+    let v: Value = serde_json::from_str(line)?;
+    let company = v["c"]
+        .as_str()
+        .ok_or_else(|| Error::internal("record without company"))?
+        .to_string();
+    crate::validate::company_id(&company)?;
+    let op = match v["op"].as_str() {
+        Some("keys") => {
+            let items = v["w"]
+                .as_array()
+                .ok_or_else(|| Error::internal("keys record without writes"))?;
+            let mut writes = Vec::with_capacity(items.len());
+            for item in items {
+                let (Some(t), Some(i), Some(val)) =
+                    (item[0].as_str(), item[1].as_str(), item.get(2))
+                else {
+                    return Err(Error::internal("bad key write in journal"));
+                };
+                writes.push(match val {
+                    Value::Null => KeyWrite::delete(t, i)?,
+                    val => KeyWrite::put(t, i, StoredValue::from_value(val.clone())?)?,
+                });
+            }
+            Op::Keys(writes)
+        }
+        Some("creds") => Op::Creds(StoredValue::from_value(v["v"].clone())?),
+        Some("clear") => Op::Clear,
+        _ => return Err(Error::internal("unknown journal record")),
+    };
+    Ok((company, op))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_records_round_trip() {
+        let w = vec![
+            KeyWrite::put(
+                "session",
+                "1@s.whatsapp.net:2",
+                StoredValue::from_json(r#"{"a":{"type":"Buffer","data":"AQI="}}"#).unwrap(),
+            )
+            .unwrap(),
+            KeyWrite::delete("pre-key", "7").unwrap(),
+        ];
+        let line = encode_record("acme", &Op::Keys(w.clone())).unwrap();
+        let (c, op) = decode_record(&line).unwrap();
+        assert_eq!(c, "acme");
+        match op {
+            Op::Keys(back) => assert_eq!(back, w),
+            _ => panic!("wrong op"),
+        }
+        let line = encode_record("acme", &Op::Clear).unwrap();
+        assert!(matches!(decode_record(&line).unwrap().1, Op::Clear));
+    }
+
+    #[test]
+    fn torn_last_line_is_skipped_but_corruption_elsewhere_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let good = encode_record("a", &Op::Clear).unwrap();
+        std::fs::write(&path, format!("{good}\n{{\"c\":\"a\",\"op\"")).unwrap();
+        let mut j = Journal::open(path.clone()).unwrap();
+        assert_eq!(j.load().unwrap().len(), 1);
+        std::fs::write(&path, format!("garbage\n{good}\n")).unwrap();
+        assert!(j.load().is_err());
+    }
+
+    #[test]
+    fn torn_tail_is_cut_so_the_next_append_is_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let good = encode_record("a", &Op::Clear).unwrap();
+        // A fragment cut inside a UTF-8 character, then a record without its newline.
+        let mut bytes = format!("{good}\n{{\"c\":\"a\",\"op\":\"caf").into_bytes();
+        bytes.push(0xC3);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut j = Journal::open(path.clone()).unwrap();
+        assert_eq!(j.load().unwrap().len(), 1);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            format!("{good}\n").into_bytes()
+        );
+        j.append(&[("b", &Op::Clear)]).unwrap();
+        assert_eq!(j.load().unwrap().len(), 2);
+
+        std::fs::write(&path, &good).unwrap();
+        let mut j = Journal::open(path.clone()).unwrap();
+        assert_eq!(j.load().unwrap().len(), 1);
+        j.append(&[("b", &Op::Clear)]).unwrap();
+        assert_eq!(
+            j.load().unwrap().len(),
+            2,
+            "a last record without newline is ended first"
+        );
+        assert_eq!(j.bytes, std::fs::metadata(&path).unwrap().len());
+    }
+}

@@ -1,0 +1,274 @@
+//! Outage mode: keep serving and keep every acknowledged write when PostgreSQL is away.
+//!
+//! Any connectivity failure (refused, lost, timed out) puts the store "down". While down:
+//! reads are answered from the pending writes and the cache, and fail fast with
+//! [`crate::ErrorKind::Unavailable`] for anything else; writes are, by policy, either kept in a
+//! bounded pending log (appended and fsynced to the journal first, when one is configured) and
+//! acknowledged, or refused with [`crate::ErrorKind::ReadOnly`]. A background task probes with
+//! exponential backoff and jitter, replays the pending writes in order (whole calls, in
+//! transactions of up to [`crate::write::MAX_BATCH_KEYS`] keys, one replay at a time), and only
+//! then goes back "up". On start, a journal left by a crashed process is loaded as pending
+//! writes and replayed before anything else.
+//!
+//! Split by concern: [`pending`] (the log and its read overlay), [`journal`] (the file),
+//! [`recovery`] (reconnect and replay), [`report`] (what it shows).
+
+mod journal;
+mod pending;
+mod recovery;
+mod report;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Mutex as AsyncMutex, Notify};
+
+use crate::cache::Cached;
+use crate::company::Companies;
+use crate::config::{Config, OutagePolicy};
+use crate::error::{Error, Result};
+use crate::write::{Op, Request};
+
+use self::journal::Journal;
+use self::pending::{coalesce, overlay_apply, State};
+pub(crate) use self::recovery::{flush_on_close, reconnect_loop, try_recover};
+pub use self::report::{CloseReport, OutageStatus, Unflushed};
+
+/// First reconnect delay; doubles up to [`MAX_BACKOFF`], with +-25 % jitter.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest delay between two reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The journal is rewritten from the live pending calls once it is this many times larger.
+const JOURNAL_COMPACT_RATIO: u64 = 4;
+/// ... and at least this large, so small journals are never rewritten.
+const JOURNAL_COMPACT_MIN: u64 = 1 << 20;
+
+pub(crate) struct Outage {
+    policy: OutagePolicy,
+    max_pending_bytes: usize,
+    down: AtomicBool,
+    has_overlay: AtomicBool,
+    journal_bytes: AtomicU64,
+    state: Mutex<State>,
+    wake: Arc<Notify>,
+    journal: Option<Mutex<Journal>>,
+    /// Held by [`try_recover`]: two replays at once (the reconnect loop and `Store::open` or
+    /// `close`) would commit the same calls twice, the second one over newer writes made after
+    /// the first finished, and drain the pending log twice.
+    recovering: AsyncMutex<()>,
+}
+
+impl Outage {
+    pub(crate) fn new(config: &Config) -> Result<Outage> {
+        let journal = match &config.journal_path {
+            Some(p) => Some(Mutex::new(Journal::open(p.clone())?)),
+            None => None,
+        };
+        Ok(Outage {
+            policy: config.outage_policy,
+            max_pending_bytes: config.max_pending_bytes,
+            down: AtomicBool::new(false),
+            has_overlay: AtomicBool::new(false),
+            journal_bytes: AtomicU64::new(0),
+            state: Mutex::new(State::default()),
+            wake: Arc::new(Notify::new()),
+            journal,
+            recovering: AsyncMutex::new(()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True while the database is considered unreachable.
+    pub(crate) fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    /// Starts an outage (no-op when already in one) and wakes the reconnect task.
+    pub(crate) fn enter(&self, e: &Error) {
+        let mut st = self.lock();
+        if st.since.is_none() {
+            st.since = Some((Instant::now(), SystemTime::now()));
+            st.outages += 1;
+            st.attempts = 0;
+            tracing::warn!(error = %e, "database unavailable: entering outage mode");
+        }
+        st.last_error = Some(e.to_string());
+        self.down.store(true, Ordering::Release);
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Fails fast when a read needs the database and the database is away.
+    pub(crate) fn check_reads(&self) -> Result<()> {
+        if !self.is_down() {
+            return Ok(());
+        }
+        let st = self.lock();
+        let secs = st.since.map_or(0, |(i, _)| i.elapsed().as_secs());
+        Err(Error::unavailable(format!(
+            "database unavailable for {secs} s ({}); the value is not in memory",
+            st.last_error.as_deref().unwrap_or("unknown error")
+        )))
+    }
+
+    /// A pending value for `key` of `company`, if a write kept during the outage decides it.
+    pub(crate) fn overlay_get(&self, company: &str, key: &str) -> Option<Cached> {
+        if !self.has_overlay.load(Ordering::Acquire) {
+            return None;
+        }
+        let st = self.lock();
+        if let Some(v) = st.overlay.get(key) {
+            return Some(v.clone());
+        }
+        if st.cleared.contains(company) {
+            return Some(None);
+        }
+        None
+    }
+
+    /// Keeps (or refuses, by policy) a batch of writes while down. Returns the batch back when
+    /// the outage ended in the meantime, so the caller commits it normally.
+    pub(crate) fn divert(
+        &self,
+        batch: Vec<Request>,
+        cause: Option<&Error>,
+    ) -> Option<Vec<Request>> {
+        let mut st = self.lock();
+        if !self.is_down() {
+            return Some(batch);
+        }
+        if self.policy == OutagePolicy::ReadOnly {
+            let err = match cause {
+                // The batch that met the failure may or may not have committed: say so.
+                Some(e) => e.clone(),
+                None => Error::read_only(format!(
+                    "database unavailable ({}); writes are refused until it is back",
+                    st.last_error.as_deref().unwrap_or("unknown error")
+                )),
+            };
+            for r in batch {
+                r.reply.send(Err(err.clone()));
+            }
+            return None;
+        }
+        // The bound is decided per call (a group-commit batch merges several callers): a call
+        // is kept whole or refused whole.
+        let mut room = self.max_pending_bytes.saturating_sub(st.pending_bytes);
+        let mut batch_kept = Vec::with_capacity(batch.len());
+        for r in batch {
+            let bytes = r.op.bytes();
+            if bytes <= room {
+                room -= bytes;
+                batch_kept.push(r);
+            } else {
+                r.reply.send(Err(Error::backlog(format!(
+                    "{} bytes of writes are pending during the outage, the bound is {}; \
+                     this call needs {bytes} more",
+                    self.max_pending_bytes - room,
+                    self.max_pending_bytes
+                ))));
+            }
+        }
+        let batch = batch_kept;
+        if batch.is_empty() {
+            return None;
+        }
+        if let Some(j) = &self.journal {
+            let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
+            let ops: Vec<(&str, &Op)> = batch.iter().map(|r| (&*r.company.id, &r.op)).collect();
+            if let Err(e) = j.append(&ops) {
+                let err = Error::internal(format!(
+                    "could not write the outage journal {}: {e}",
+                    j.path.display()
+                ));
+                for r in batch {
+                    r.reply.send(Err(err.clone()));
+                }
+                return None;
+            }
+            self.journal_bytes.store(j.bytes, Ordering::Relaxed);
+        }
+        for r in batch {
+            coalesce(&mut st, &r.company, &r.op);
+            st.pending_bytes += r.op.bytes();
+            overlay_apply(&mut st, &r.company, &r.op);
+            st.pending.push(Arc::new((r.company, r.op)));
+            r.reply.send(Ok(()));
+        }
+        if let Some(j) = &self.journal {
+            let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
+            let live = st.pending_bytes as u64;
+            if j.bytes > JOURNAL_COMPACT_MIN && j.bytes > live.saturating_mul(JOURNAL_COMPACT_RATIO)
+            {
+                let ops: Vec<(&str, &Op)> = st.pending.iter().map(|p| (&*p.0.id, &p.1)).collect();
+                // On failure the long journal stays valid (it replays to the same state).
+                if let Err(e) = j.rewrite(&ops) {
+                    tracing::warn!(error = %e, "could not compact the outage journal");
+                }
+                self.journal_bytes.store(j.bytes, Ordering::Relaxed);
+            }
+        }
+        self.has_overlay.store(true, Ordering::Release);
+        None
+    }
+
+    /// Loads a journal left by a previous process as pending writes. True when it held any.
+    pub(crate) fn load_journal(&self, companies: &Companies) -> Result<bool> {
+        let Some(j) = &self.journal else {
+            return Ok(false);
+        };
+        let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
+        let records = j.load()?;
+        if records.is_empty() {
+            return Ok(false);
+        }
+        let mut st = self.lock();
+        for (company, op) in records {
+            let company = companies.get(&company);
+            coalesce(&mut st, &company, &op);
+            st.pending_bytes += op.bytes();
+            overlay_apply(&mut st, &company, &op);
+            st.pending.push(Arc::new((company, op)));
+        }
+        st.since = Some((Instant::now(), SystemTime::now()));
+        st.last_error = Some(format!(
+            "replaying {} calls from the journal {}",
+            st.pending.len(),
+            j.path.display()
+        ));
+        tracing::info!(calls = st.pending.len(), "replaying the outage journal");
+        self.journal_bytes.store(j.bytes, Ordering::Relaxed);
+        self.has_overlay.store(true, Ordering::Release);
+        self.down.store(true, Ordering::Release);
+        Ok(true)
+    }
+
+    /// The state for metrics and health.
+    pub(crate) fn status(&self) -> OutageStatus {
+        let st = self.lock();
+        OutageStatus {
+            down: self.is_down(),
+            down_since_unix_ms: st.since.map(|(_, t)| {
+                t.duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            }),
+            down_for_ms: st.since.map_or(0, |(i, _)| {
+                u64::try_from(i.elapsed().as_millis()).unwrap_or(u64::MAX)
+            }),
+            last_error: st.last_error.clone(),
+            pending_calls: st.pending.len(),
+            pending_bytes: st.pending_bytes,
+            journal_bytes: self.journal_bytes.load(Ordering::Relaxed),
+            reconnect_attempts: st.attempts,
+            outages: st.outages,
+            policy: match self.policy {
+                OutagePolicy::Buffer => "buffer",
+                OutagePolicy::ReadOnly => "read-only",
+            },
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Leaving an outage: reconnect with backoff, replay what is pending in order, and the last
+//! flush at close.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use rand::Rng;
+
+use crate::company::Company;
+use crate::db::sql;
+use crate::error::{Error, Result};
+use crate::write::{commit, Op, WritePath, MAX_BATCH_KEYS};
+
+use super::pending::{overlay_apply, PendingCall};
+use super::{CloseReport, Unflushed, FIRST_BACKOFF, MAX_BACKOFF};
+
+/// Replays what is pending (in order, whole calls per transaction) and, once nothing is
+/// pending and the database answers, ends the outage. Replays never run concurrently.
+pub(crate) async fn try_recover(wp: &Arc<WritePath>) -> Result<()> {
+    let outage = &wp.outage;
+    let _one_at_a_time = outage.recovering.lock().await;
+    if !outage.is_down() {
+        // Another caller recovered while we waited for the lock.
+        return Ok(());
+    }
+    loop {
+        // Replay in bounded chunks of whole calls (each its own transaction, in order), so a
+        // long outage's backlog does not turn into one statement that never finishes within
+        // the statement timeout. A crash between chunks only replays the journal again from
+        // its start, which rewrites the same values in the same order.
+        let snapshot: Vec<PendingCall> = {
+            let st = outage.lock();
+            let mut keys = 0;
+            st.pending
+                .iter()
+                .take_while(|p| {
+                    let first = keys == 0;
+                    keys += p.1.weight();
+                    first || keys <= MAX_BATCH_KEYS
+                })
+                .cloned()
+                .collect()
+        };
+        if snapshot.is_empty() {
+            // The one call helper bounds the probe and discards a connection that timed out.
+            wp.db
+                .call("probe", async |client| sql::probe(client).await)
+                .await?;
+        } else {
+            let ops: Vec<(&Company, &Op)> = snapshot.iter().map(|p| (&*p.0, &p.1)).collect();
+            outage.lock().replaying = snapshot.len();
+            let committed = commit::commit(wp, &ops).await;
+            if let Err(e) = committed {
+                outage.lock().replaying = 0;
+                return Err(e);
+            }
+            commit::apply_committed(wp, &ops);
+        }
+        let mut st = outage.lock();
+        st.pending.drain(..snapshot.len());
+        st.replaying = 0;
+        st.pending_bytes = st.pending.iter().map(|p| p.1.bytes()).sum();
+        st.overlay.clear();
+        st.cleared.clear();
+        let remaining = st.pending.clone();
+        for p in &remaining {
+            overlay_apply(&mut st, &p.0, &p.1);
+        }
+        if st.pending.is_empty() {
+            if let Some(j) = &outage.journal {
+                let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = j.truncate() {
+                    // Keep the outage open: the replayed calls are in PostgreSQL, and a stale
+                    // journal would be replayed again at the next start.
+                    return Err(Error::internal(format!(
+                        "could not truncate the journal {}: {e}",
+                        j.path.display()
+                    )));
+                }
+                outage.journal_bytes.store(0, Ordering::Relaxed);
+            }
+            if let Some((since, _)) = st.since.take() {
+                tracing::info!(
+                    replayed = snapshot.len(),
+                    outage_ms = since.elapsed().as_millis() as u64,
+                    "database back: outage over"
+                );
+            }
+            outage.has_overlay.store(false, Ordering::Release);
+            outage.down.store(false, Ordering::Release);
+            return Ok(());
+        }
+    }
+}
+
+/// Background task: waits for an outage, then retries [`try_recover`] with backoff and jitter.
+pub(crate) async fn reconnect_loop(wp: Weak<WritePath>) {
+    let wake = match wp.upgrade() {
+        Some(i) => i.outage.wake.clone(),
+        None => return,
+    };
+    let mut attempt: u32 = 0;
+    loop {
+        let down = match wp.upgrade() {
+            Some(i) => i.outage.is_down(),
+            None => return,
+        };
+        if !down {
+            attempt = 0;
+            wake.notified().await;
+            continue;
+        }
+        let base = FIRST_BACKOFF
+            .saturating_mul(1u32 << attempt.min(10))
+            .min(MAX_BACKOFF);
+        let jitter = rand::thread_rng().gen_range(0.75..1.25);
+        tokio::time::sleep(base.mul_f64(jitter)).await;
+        let Some(i) = wp.upgrade() else { return };
+        i.outage.lock().attempts += 1;
+        match try_recover(&i).await {
+            Ok(()) => attempt = 0,
+            Err(e) => {
+                if e.is_unavailable() {
+                    tracing::debug!(error = %e, "reconnect attempt failed");
+                } else {
+                    // Not a connectivity problem (e.g. the replay itself is refused): say so,
+                    // the outage will not end by waiting.
+                    tracing::warn!(error = %e, "replaying the writes kept during the outage failed");
+                }
+                attempt = attempt.saturating_add(1);
+            }
+        }
+    }
+}
+
+/// At close: one attempt to write what is pending; reports what stays unwritten.
+pub(crate) async fn flush_on_close(wp: &Arc<WritePath>) -> CloseReport {
+    let before = wp.outage.lock().pending.len();
+    if before == 0 && !wp.outage.is_down() {
+        return CloseReport::default();
+    }
+    let _ = try_recover(wp).await;
+    let st = wp.outage.lock();
+    let unflushed: Vec<Unflushed> = st
+        .pending
+        .iter()
+        .map(|p| {
+            let (company, op) = &**p;
+            let (kind, keys) = match op {
+                Op::Keys(w) => (
+                    "keys",
+                    w.iter()
+                        .map(|k| (k.key_type.clone(), k.key_id.clone()))
+                        .collect(),
+                ),
+                Op::Creds(_) => ("creds", Vec::new()),
+                Op::Clear => ("clear", Vec::new()),
+            };
+            Unflushed {
+                company_id: company.id.to_string(),
+                kind,
+                keys,
+            }
+        })
+        .collect();
+    CloseReport {
+        flushed_calls: before.saturating_sub(unflushed.len()),
+        unflushed,
+    }
+}
