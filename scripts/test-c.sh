@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Tests the C ABI (issue 4) against a real PostgreSQL. Exits non-zero on any failure.
+# Tests the C ABI (crate bindings/c/) against a real PostgreSQL. Exits non-zero on any failure.
 #
-#   scripts/test-c.sh                  header check, build, example + harness (cdylib and
-#                                      staticlib), harness under valgrind, harness with ASan
+#   scripts/test-c.sh                  header drift check, the crate's unit tests, build,
+#                                      example + harness (cdylib and staticlib), harness under
+#                                      valgrind, harness with ASan
 #   scripts/test-c.sh --update-header  regenerate include/authstate.h and stop
 #
 # Database: DATABASE_URL when set (a fresh database is created in that cluster for each run,
@@ -55,7 +56,10 @@ ensure_tools() {
 }
 
 # ---- header ------------------------------------------------------------------------------------
-generate_header() { cbindgen --quiet --config cbindgen.toml --output "$1" src/ffi/mod.rs; }
+# Single-file mode: cbindgen follows the crate's `mod` items from lib.rs and never needs cargo.
+generate_header() {
+    cbindgen --quiet --config bindings/c/cbindgen.toml --output "$1" bindings/c/src/lib.rs
+}
 
 ensure_cbindgen
 if [ "${1:-}" = "--update-header" ]; then
@@ -71,9 +75,14 @@ generate_header "$OUT/authstate.h"
 diff -u include/authstate.h "$OUT/authstate.h" ||
     die "include/authstate.h is stale: run scripts/test-c.sh --update-header and commit it"
 
+# The crate's unit tests (status mapping, panic boundary, last_error): `cargo test -p authstate`
+# runs only the core's.
+say "cargo test -p authstate-c"
+cargo test -p authstate-c --quiet
+
 # ---- build -------------------------------------------------------------------------------------
-say "cargo build (cdylib, staticlib, CLI for tempdb)"
-cargo build -p authstate --lib --bin authstate
+say "cargo build (cdylib and staticlib of authstate-c, the core's CLI for tempdb)"
+cargo build -p authstate-c -p authstate --lib --bin authstate
 
 CFLAGS=(-std=c11 -g -O1 -Wall -Wextra -Werror -pedantic -Iinclude)
 # What a Rust staticlib needs from the system on Linux (rustc --print native-static-libs).

@@ -5,7 +5,6 @@ pub mod cache;
 pub mod codec;
 pub mod config;
 pub mod error;
-pub mod ffi;
 pub mod metrics;
 pub mod migrate;
 pub mod outage;

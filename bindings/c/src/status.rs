@@ -2,9 +2,9 @@
 
 use std::ffi::{c_char, CStr};
 
-use crate::{Error, ErrorKind};
+use authstate::{Error, ErrorKind};
 
-use super::panic::value_boundary;
+use crate::panic::value_boundary;
 
 /// The result of every fallible `authstate_*` function.
 ///
