@@ -75,8 +75,9 @@ generate_header "$OUT/authstate.h"
 diff -u include/authstate.h "$OUT/authstate.h" ||
     die "include/authstate.h is stale: run scripts/test-c.sh --update-header and commit it"
 
-# The crate's unit tests (status mapping, panic boundary, last_error): `cargo test -p authstate`
-# runs only the core's.
+# The crate's unit tests (`cargo test -p authstate` runs only the core's): the status mapping
+# of every core error kind, the checked-in header's enum against ErrorKind::ALL
+# (AUTHSTATE_<code> for every kind), the panic boundary, last_error.
 say "cargo test -p authstate-c"
 cargo test -p authstate-c --quiet
 
