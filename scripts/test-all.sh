@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, the Rust core against a real PostgreSQL,
-# the C ABI (header drift, cdylib + staticlib, valgrind, AddressSanitizer) and the Node addon
+# the C ABI (header/README drift, unit tests, cdylib + staticlib, valgrind, ASan) and the Node addon
 # with the real Baileys. This is the README's test command and what .ci/run calls.
 #
 # Database: DATABASE_URL when set; otherwise each suite starts its own throwaway PostgreSQL from

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Tests the C ABI (issue 4) against a real PostgreSQL. Exits non-zero on any failure.
+# Tests the C ABI (crate bindings/c/) against a real PostgreSQL. Exits non-zero on any failure.
 #
-#   scripts/test-c.sh                  header check, build, example + harness (cdylib and
-#                                      staticlib), harness under valgrind, harness with ASan
+#   scripts/test-c.sh                  header drift check, the crate's unit tests, README drift
+#                                      check, build, README example + example + harness (cdylib
+#                                      and staticlib), harness under valgrind, harness with ASan
 #   scripts/test-c.sh --update-header  regenerate include/authstate.h and stop
 #
 # Database: DATABASE_URL when set (a fresh database is created in that cluster for each run,
@@ -55,7 +56,10 @@ ensure_tools() {
 }
 
 # ---- header ------------------------------------------------------------------------------------
-generate_header() { cbindgen --quiet --config cbindgen.toml --output "$1" src/ffi/mod.rs; }
+# Single-file mode: cbindgen follows the crate's `mod` items from lib.rs and never needs cargo.
+generate_header() {
+    cbindgen --quiet --config bindings/c/cbindgen.toml --output "$1" bindings/c/src/lib.rs
+}
 
 ensure_cbindgen
 if [ "${1:-}" = "--update-header" ]; then
@@ -71,9 +75,35 @@ generate_header "$OUT/authstate.h"
 diff -u include/authstate.h "$OUT/authstate.h" ||
     die "include/authstate.h is stale: run scripts/test-c.sh --update-header and commit it"
 
+# The crate's unit tests: the status mapping of every core error kind, and the checked-in
+# header's enum against ErrorKind::ALL (AUTHSTATE_<code> for every kind), the panic boundary,
+# last_error.
+say "cargo test -p authstate-c"
+cargo test -p authstate-c --quiet
+
+# ---- README ------------------------------------------------------------------------------------
+# The README's ```c block (the first one after "## C") is bindings/c/readme_example.c between
+# its README markers, without the 4-space indent of main's body. Both sides must be non-empty,
+# so a moved marker or heading fails instead of comparing nothing with nothing.
+README_EXAMPLE=bindings/c/readme_example.c
+README_OUTPUT='{"1":{"type":"Buffer","data":"AQID"}}' # what it prints; also stated in its comment
+readme_c_block() { awk '/^## C$/ { c = 1 } c && /^```c$/ { f = 1; next } f && /^```$/ { exit } f' README.md; }
+example_c_block() {
+    sed -n '\#/\* README begin \*/#,\#/\* README end \*/#p' "$README_EXAMPLE" | sed '1d;$d' | sed 's/^    //'
+}
+say "README: the C block is $README_EXAMPLE"
+readme_c_block >"$OUT/readme-block.c"
+example_c_block >"$OUT/example-block.c"
+[ -s "$OUT/readme-block.c" ] || die "README.md has no \`\`\`c block under '## C'"
+[ -s "$OUT/example-block.c" ] || die "$README_EXAMPLE has no README begin/end markers"
+diff -u "$OUT/readme-block.c" "$OUT/example-block.c" ||
+    die "README.md's C example differs from $README_EXAMPLE: copy the marked part into README.md"
+grep -qF "$README_OUTPUT" "$OUT/readme-block.c" ||
+    die "the README's C example no longer states the output this script checks: $README_OUTPUT"
+
 # ---- build -------------------------------------------------------------------------------------
-say "cargo build (cdylib, staticlib, CLI for tempdb)"
-cargo build -p authstate --lib --bin authstate
+say "cargo build (cdylib and staticlib of authstate-c, the core's CLI for tempdb)"
+cargo build -p authstate-c -p authstate --lib --bin authstate
 
 CFLAGS=(-std=c11 -g -O1 -Wall -Wextra -Werror -pedantic -Iinclude)
 # What a Rust staticlib needs from the system on Linux (rustc --print native-static-libs).
@@ -85,6 +115,7 @@ build_c() { # name source
     gcc "${CFLAGS[@]}" "$src" -o "$OUT/$name-static" "$LIBDIR/libauthstate.a" "${STATIC_LIBS[@]}" -pthread
 }
 say "gcc: example and harness, linked against the cdylib and the staticlib"
+build_c readme-example "$README_EXAMPLE"
 build_c example bindings/c/example.c
 build_c harness bindings/c/test_harness.c
 # ASan instruments the C side (the Rust library need not be); its allocator and leak checker
@@ -165,6 +196,14 @@ stage() { # name command...
 }
 
 run_example() { "$OUT/example-$1" "$(fresh_db "example_$1")"; }
+run_readme_example() { # the README's block, with the database from DATABASE_URL as it says
+    local out
+    out=$(DATABASE_URL=$(fresh_db "readme_$1") "$OUT/readme-example-$1") || return 1
+    [ "$out" = "$README_OUTPUT" ] || {
+        printf 'README example printed:\n%s\nwant:\n%s\n' "$out" "$README_OUTPUT" >&2
+        return 1
+    }
+}
 run_harness() { AUTHSTATE_TEST_URL=$(fresh_db "harness_$1") "$OUT/harness-$1"; }
 
 # Distinct exit codes tell a failed check of the harness (1) from what the tools found.
@@ -203,6 +242,7 @@ run_asan() {
     explain_rc ASan "$rc"
 }
 
+for kind in dyn static; do stage "README example ($kind)" run_readme_example "$kind"; done
 for kind in dyn static; do stage "example ($kind)" run_example "$kind"; done
 for kind in dyn static; do stage "harness ($kind)" run_harness "$kind"; done
 stage "harness under valgrind (cdylib)" run_valgrind

@@ -17,7 +17,6 @@ mod session;
 mod store;
 pub mod write;
 
-pub mod ffi;
 #[cfg(feature = "tempdb")]
 pub mod tempdb;
 

@@ -162,9 +162,24 @@ static char *get_one(authstate_session *s, const char *type, const char *id) {
 /* ---- tests ----------------------------------------------------------------------------------- */
 
 static void test_status_and_last_error(void) {
-    for (uint32_t s = 0; s <= AUTHSTATE_CLOSED; s++) {
-        const char *m = authstate_status_message(s);
-        CHECK(m && *m && strcmp(m, "unknown status") != 0, "message of %u", s);
+    /* Every status 0..12 has its own message; the names are the header's (a renamed or
+     * removed status does not compile). */
+    static const authstate_status all[] = {
+        AUTHSTATE_OK,       AUTHSTATE_NOT_FOUND, AUTHSTATE_INVALID,   AUTHSTATE_UNAVAILABLE,
+        AUTHSTATE_TIMEOUT,  AUTHSTATE_READ_ONLY, AUTHSTATE_INTERNAL,  AUTHSTATE_PANIC,
+        AUTHSTATE_BACKLOG,  AUTHSTATE_LOCKED,    AUTHSTATE_MIGRATION, AUTHSTATE_DATABASE,
+        AUTHSTATE_CLOSED,
+    };
+    const size_t n_all = sizeof all / sizeof all[0];
+    CHECK(n_all == (size_t)AUTHSTATE_CLOSED + 1, "%zu named statuses", n_all);
+    for (size_t i = 0; i < n_all; i++) {
+        const char *m = authstate_status_message(all[i]);
+        CHECK(all[i] == i, "status #%zu is %u", i, (unsigned)all[i]);
+        CHECK(m && *m && strcmp(m, "unknown status") != 0, "message of %u: %s", (unsigned)all[i],
+              m ? m : "(NULL)");
+        for (size_t j = 0; m && j < i; j++)
+            CHECK(strcmp(m, authstate_status_message(all[j])) != 0, "statuses %u and %zu share '%s'",
+                  (unsigned)all[i], j, m);
     }
     CHECK_STR(authstate_status_message(AUTHSTATE_CLOSED + 1), "unknown status");
     CHECK_STR(authstate_status_message(UINT32_MAX), "unknown status");

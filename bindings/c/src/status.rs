@@ -2,9 +2,9 @@
 
 use std::ffi::{c_char, CStr};
 
-use crate::{Error, ErrorKind};
+use authstate::{Error, ErrorKind};
 
-use super::panic::value_boundary;
+use crate::panic::value_boundary;
 
 /// The result of every fallible `authstate_*` function.
 ///
@@ -91,24 +91,10 @@ impl From<&Error> for authstate_status {
 }
 
 impl authstate_status {
-    /// The code without its `AUTHSTATE_` prefix; equal to [`Error::code`] for mapped errors.
+    /// The C name, which the header spells the same (cbindgen copies the variant's name).
     #[cfg(test)]
-    pub(crate) fn code(self) -> &'static str {
-        match self {
-            AUTHSTATE_OK => "OK",
-            AUTHSTATE_NOT_FOUND => "NOT_FOUND",
-            AUTHSTATE_INVALID => "INVALID",
-            AUTHSTATE_UNAVAILABLE => "UNAVAILABLE",
-            AUTHSTATE_TIMEOUT => "TIMEOUT",
-            AUTHSTATE_READ_ONLY => "READ_ONLY",
-            AUTHSTATE_INTERNAL => "INTERNAL",
-            AUTHSTATE_PANIC => "PANIC",
-            AUTHSTATE_BACKLOG => "BACKLOG",
-            AUTHSTATE_LOCKED => "LOCKED",
-            AUTHSTATE_MIGRATION => "MIGRATION",
-            AUTHSTATE_DATABASE => "DATABASE",
-            AUTHSTATE_CLOSED => "CLOSED",
-        }
+    pub(crate) fn name(self) -> String {
+        format!("{self:?}")
     }
 
     fn message(self) -> &'static CStr {
@@ -164,12 +150,56 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for kind in ErrorKind::ALL {
             let status = authstate_status::from(kind);
-            assert_eq!(status.code(), kind.code(), "{kind:?}");
+            assert_eq!(
+                status.name(),
+                format!("AUTHSTATE_{}", kind.code()),
+                "{kind:?}"
+            );
             assert!(seen.insert(status), "{kind:?} shares a status");
             assert_eq!(authstate_status::from(&Error::new(kind, "x")), status);
         }
         // Every status but OK and PANIC (C-only) is an error kind.
         assert_eq!(seen.len(), ALL.len() - 2);
+        assert_eq!(seen.len(), ErrorKind::ALL.len());
+    }
+
+    /// The checked-in header's `enum authstate_status`, as (name, number) in header order.
+    fn header_statuses() -> Vec<(String, u32)> {
+        let header = include_str!("../../../include/authstate.h");
+        let start = header
+            .find("enum authstate_status\n")
+            .expect("the header declares enum authstate_status");
+        let body = &header[start..];
+        let body = &body[..body.find("};").expect("the enum ends")];
+        body.lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("AUTHSTATE_"))
+            .map(|l| {
+                let (name, number) = l
+                    .trim_end_matches(',')
+                    .split_once(" = ")
+                    .unwrap_or_else(|| panic!("enum line without a number: {l}"));
+                let number = number.parse().unwrap_or_else(|e| panic!("{l}: {e}"));
+                (name.to_owned(), number)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn header_names_every_status_and_kind() {
+        // The header is generated from this enum (scripts/test-c.sh fails on drift); this
+        // checks what C programs compile against: every status, by name and number, and so
+        // `AUTHSTATE_<code>` for every core error kind.
+        let in_header = header_statuses();
+        let in_rust: Vec<(String, u32)> = ALL.iter().map(|s| (s.name(), *s as u32)).collect();
+        assert_eq!(in_header, in_rust);
+        for kind in ErrorKind::ALL {
+            let name = format!("AUTHSTATE_{}", kind.code());
+            assert!(
+                in_header.iter().any(|(n, _)| *n == name),
+                "{name} ({kind:?}) is not in include/authstate.h"
+            );
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use tokio::runtime::{Builder, Runtime};
 
-use crate::Error;
+use authstate::Error;
 
 static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
 

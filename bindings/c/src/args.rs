@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, CStr, CString};
 
-use crate::Error;
+use authstate::Error;
 
 /// Borrows a NUL-terminated UTF-8 string argument; NULL and invalid UTF-8 are refused.
 ///

@@ -3,7 +3,7 @@
 //! As in rustls-ffi's `Castable`, each C handle type is tied to the Rust type it stands for,
 //! so a `authstate_store *` can only be turned back into a `Store` and freed as one.
 
-use crate::{Error, Session, Store};
+use authstate::{Error, Session, Store};
 
 /// A connection pool and everything shared by the sessions of one database.
 ///

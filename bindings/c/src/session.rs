@@ -6,14 +6,13 @@
 
 use std::ffi::c_char;
 
-use crate::StoredValue;
+use authstate::{Error, StoredValue};
 
-use super::args::{into_c_string, out_arg, str_arg, write_out};
-use super::handle::{authstate_session, authstate_store, BoxHandle};
-use super::panic::{status_boundary, value_boundary};
-use super::runtime::{block_on, drop_in_runtime};
-use super::status::authstate_status;
-use crate::Error;
+use crate::args::{into_c_string, out_arg, str_arg, write_out};
+use crate::handle::{authstate_session, authstate_store, BoxHandle};
+use crate::panic::{status_boundary, value_boundary};
+use crate::runtime::{block_on, drop_in_runtime};
+use crate::status::authstate_status;
 
 /// Opens the session of one company (one WhatsApp account).
 ///
@@ -165,10 +164,10 @@ pub unsafe extern "C" fn authstate_keys_get(
             if ids.is_null() {
                 return Err(Error::invalid(format!("ids is NULL but n is {n}")));
             }
-            if n > crate::validate::MAX_IDS_PER_GET {
+            if n > authstate::validate::MAX_IDS_PER_GET {
                 return Err(Error::invalid(format!(
                     "{n} ids in one get, the limit is {}",
-                    crate::validate::MAX_IDS_PER_GET
+                    authstate::validate::MAX_IDS_PER_GET
                 )));
             }
             // SAFETY: `ids` is non-NULL and points to `n` pointers per the contract; `n` is

@@ -2,14 +2,14 @@
 
 use std::ffi::c_char;
 
-use crate::{Config, Store};
+use authstate::{Config, Store};
 
-use super::args::{out_arg, str_arg, write_out};
-use super::handle::{authstate_store, BoxHandle};
-use super::last_error;
-use super::panic::{status_boundary, value_boundary};
-use super::runtime::{block_on, drop_in_runtime};
-use super::status::authstate_status;
+use crate::args::{out_arg, str_arg, write_out};
+use crate::handle::{authstate_store, BoxHandle};
+use crate::last_error;
+use crate::panic::{status_boundary, value_boundary};
+use crate::runtime::{block_on, drop_in_runtime};
+use crate::status::authstate_status;
 
 /// Opens a store: a connection pool to PostgreSQL, its cache and its writer tasks.
 ///

@@ -7,10 +7,10 @@
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::Error;
+use authstate::Error;
 
-use super::last_error;
-use super::status::authstate_status;
+use crate::last_error;
+use crate::status::authstate_status;
 
 /// Runs a status-returning body: clears the thread's last error, maps `Err` through the one
 /// `Error -> authstate_status` mapping and records its text, turns a panic into

@@ -1,6 +1,9 @@
-//! The C ABI: `include/authstate.h` is generated from this module by cbindgen.
+//! The C ABI of authstate: this crate (`authstate-c`) builds `libauthstate.so` and
+//! `libauthstate.a`, and cbindgen generates `include/authstate.h` from it.
 //!
-//! The C layer only converts arguments and errors and calls the core; it keeps no storage logic.
+//! It is a crate of its own so that Rust users and the Node addon do not compile it. It uses
+//! only the core's public API (`Store`, `Session`, `Config`, `Error`, `ErrorKind`,
+//! `StoredValue`), converts arguments and errors and keeps no storage logic.
 //! It follows rustls-ffi's conventions, which the header repeats for C programmers:
 //!
 //! - **Status codes.** Every fallible function returns an [`authstate_status`]. The numbers
@@ -24,6 +27,7 @@
 // Every unsafe operation sits in its own block with a `// SAFETY:` comment, also inside
 // `unsafe fn`s.
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 // The exported names are C names (`authstate_store`, `AUTHSTATE_OK`), fixed by the ABI.
 #![allow(non_camel_case_types)]

@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::ffi::c_char;
 
-use super::panic::value_boundary;
+use crate::panic::value_boundary;
 
 thread_local! {
     // Freed by the thread-local destructor when a C thread exits.

@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, CString};
 
-use super::panic::value_boundary;
+use crate::panic::value_boundary;
 
 /// Frees a string returned by this library (`authstate_creds_load`, `authstate_keys_get`).
 ///
