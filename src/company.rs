@@ -1,11 +1,12 @@
 //! Per-company state shared by every session of one company in this process: its write lane,
-//! its write epoch and the creds it last loaded or committed.
+//! its write epoch, the creds it last loaded or committed, and its key directory.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::directory::{Change, KeyDirectory};
 use crate::value::StoredValue;
 
 /// The shared state of one company.
@@ -17,6 +18,8 @@ pub(crate) struct Company {
     last_creds: Mutex<Option<StoredValue>>,
     /// The lane this company's writes go through (call order is commit order within a lane).
     pub(crate) lane: usize,
+    /// Which keys exist, to answer "absent" during an outage (see [`crate::directory`]).
+    directory: Mutex<KeyDirectory>,
 }
 
 impl Company {
@@ -34,6 +37,17 @@ impl Company {
     }
     pub(crate) fn set_last_creds(&self, v: Option<StoredValue>) {
         *self.last_creds.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+    /// The key directory, under its lock.
+    pub(crate) fn directory(&self) -> std::sync::MutexGuard<'_, KeyDirectory> {
+        self.directory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Records committed changes in the key directory, in commit order.
+    pub(crate) fn directory_apply(&self, changes: impl IntoIterator<Item = Change>) {
+        let mut d = self.directory();
+        for c in changes {
+            d.apply(c);
+        }
     }
 }
 
@@ -66,9 +80,25 @@ impl Companies {
             epoch: AtomicU64::new(0),
             last_creds: Mutex::new(None),
             lane: (h.finish() % self.lanes as u64) as usize,
+            directory: Mutex::new(KeyDirectory::default()),
         });
         map.insert(company.id.clone(), Arc::downgrade(&company));
         company
+    }
+}
+
+impl Companies {
+    /// Companies with a loaded key directory, their keys, and the bytes the directories take.
+    pub(crate) fn directory_stats(&self) -> (usize, usize, usize) {
+        let live: Vec<Arc<Company>> = {
+            let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.values().filter_map(Weak::upgrade).collect()
+        };
+        live.iter().fold((0, 0, 0), |(c, k, b), co| {
+            let d = co.directory();
+            let (keys, bytes) = d.size();
+            (c + usize::from(d.is_loaded()), k + keys, b + bytes)
+        })
     }
 }
 

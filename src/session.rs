@@ -181,6 +181,17 @@ impl Session {
             .into_iter()
             .map(|(id, m)| (id, m.flatten()))
             .collect();
+        // During an outage the key directory proves which missing ids were never stored: those
+        // are absent; only a key that exists but is not in memory fails.
+        let missing: Vec<&str> = if self.wp.outage.is_down() {
+            let dir = self.company.directory();
+            missing
+                .into_iter()
+                .filter(|id| dir.contains(key_type, id) != Some(false))
+                .collect()
+        } else {
+            missing
+        };
         if !missing.is_empty() {
             self.wp.outage.check_reads()?;
             let epoch = self.company.epoch();

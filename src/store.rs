@@ -2,6 +2,7 @@
 //! layer ([`crate::db`]), the cache, the metrics and the write path ([`crate::write`]), hands
 //! out [`Session`]s, and closes it all in order.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -10,10 +11,12 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use crate::cache::{Cache, CacheStats};
-use crate::company::Companies;
+use crate::company::{Companies, Company};
 use crate::config::Config;
 use crate::db::migrate::{self, MigrationReport};
+use crate::db::sql;
 use crate::db::{Db, PoolStats};
+use crate::directory::key_hash;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, OpSnapshot};
 use crate::session::Session;
@@ -84,6 +87,19 @@ pub struct MetricsSnapshot {
     pub cache: CacheStats,
     /// Outage state and pending writes.
     pub outage: OutageStatus,
+    /// The key directories that answer "absent" during an outage.
+    pub directory: DirectoryStats,
+}
+
+/// Size of the in-memory key directories (see the README's outage section).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct DirectoryStats {
+    /// Open companies whose directory is loaded.
+    pub companies: usize,
+    /// Keys known across them.
+    pub keys: usize,
+    /// Estimated bytes the directories take.
+    pub bytes: usize,
 }
 
 impl MetricsSnapshot {
@@ -161,9 +177,14 @@ impl Store {
         if self.inner.wp.is_closed() {
             return Err(Error::closed("the store is closed"));
         }
+        let company = self.inner.wp.companies.get(company_id);
+        if company.directory().begin_load() {
+            // In the background: opening a session must not wait for 10,000s of key ids.
+            tokio::spawn(load_directory(self.inner.db.clone(), company.clone()));
+        }
         Ok(Session::new(
             self.inner.wp.clone(),
-            self.inner.wp.companies.get(company_id),
+            company,
             self.guard.clone(),
         ))
     }
@@ -193,6 +214,14 @@ impl Store {
             pool: self.inner.db.pool_stats(),
             cache: wp.cache.stats(),
             outage: wp.outage.status(),
+            directory: {
+                let (companies, keys, bytes) = wp.companies.directory_stats();
+                DirectoryStats {
+                    companies,
+                    keys,
+                    bytes,
+                }
+            },
         }
     }
 
@@ -212,6 +241,32 @@ impl Store {
         let report = self.inner.wp.close().await;
         self.inner.db.close().await;
         Ok(report)
+    }
+}
+
+/// Loads the key directory of `company` (see [`crate::directory`]). On failure (or a panic)
+/// the directory goes back to unknown, and the next session open tries again.
+async fn load_directory(db: Arc<Db>, company: Arc<Company>) {
+    struct AbortOnDrop(Arc<Company>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.directory().abort_load();
+        }
+    }
+    let guard = AbortOnDrop(company);
+    let id = guard.0.id.clone();
+    let mut keys = HashSet::new();
+    let loaded = db
+        .call("load key directory", async |c| {
+            sql::for_each_key_id(&*c, &id, |t, i| {
+                keys.insert(key_hash(t, i));
+            })
+            .await
+        })
+        .await;
+    match loaded {
+        Ok(()) => guard.0.directory().finish_load(keys),
+        Err(e) => tracing::debug!(company = %id, error = %e, "key directory not loaded"),
     }
 }
 

@@ -295,6 +295,15 @@ async fn server_stopped_reads_from_cache_buffers_writes_and_recovers() {
     let pg = Pg::start().await;
     let url = pg.url();
     let store = open(config(&url)).await;
+    // A key the store has never read (so not cached), stored before the session opened.
+    sql(&url)
+        .await
+        .execute(
+            "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) VALUES ('acme', 'pre-key', 'uncached', '{\"z\":1}')",
+            &[],
+        )
+        .await
+        .expect("insert uncached");
     let s = store.session("acme").await.expect("session");
     let other = store.session("beta").await.expect("session");
 
@@ -324,15 +333,11 @@ async fn server_stopped_reads_from_cache_buffers_writes_and_recovers() {
     let before_ids: Vec<String> = before.iter().map(|(i, _)| i.clone()).collect();
     assert_eq!(s.get("pre-key", &before_ids).await.expect("get").len(), 20);
     assert_eq!(s.load_creds().await.expect("creds"), Some(creds1.clone()));
-    // A key the store has never seen (so not cached): written behind its back.
-    sql(&url)
-        .await
-        .execute(
-            "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) VALUES ('acme', 'pre-key', 'uncached', '{\"z\":1}')",
-            &[],
-        )
-        .await
-        .expect("insert uncached");
+    // The key directory (loaded in the background at session open) knows every stored key.
+    wait_for("key directories loaded", Duration::from_secs(10), || {
+        store.metrics().directory.companies >= 2
+    })
+    .await;
 
     // The outage.
     pg.stop().await;
@@ -363,12 +368,27 @@ async fn server_stopped_reads_from_cache_buffers_writes_and_recovers() {
         s.load_creds().await.expect("cached creds"),
         Some(creds1.clone())
     );
-    // Uncached reads, also of keys that do not exist, fail fast with Unavailable.
-    for list in [
-        ids(&["uncached"]),
-        ids(&["never-written"]),
-        ids(&["0", "never-written"]),
-    ] {
+    // Keys that were never stored are absent, known from the key directory, not from the
+    // database; with cached keys next to them too.
+    for list in [ids(&["never-written"]), ids(&["0", "never-written", "x"])] {
+        let r = get_map(&s, "pre-key", &list)
+            .await
+            .expect("absent keys during the outage");
+        assert_eq!(
+            r.keys().cloned().collect::<Vec<_>>(),
+            list.iter()
+                .filter(|i| *i == "0")
+                .cloned()
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(s
+        .get("sender-key-memory", &ids(&["120363@g.us"]))
+        .await
+        .expect("new group")
+        .is_empty());
+    // Only a stored key that is not in memory fails, fast, with Unavailable.
+    for list in [ids(&["uncached"]), ids(&["0", "uncached", "never-written"])] {
         let t = Instant::now();
         let r = s.get("pre-key", &list).await;
         assert!(
@@ -838,6 +858,10 @@ async fn network_hang_times_out_within_bound_and_recovers() {
     let proxy = Proxy::start(pg.cluster.port()).await;
     let store = open(config(&proxy.url())).await;
     let s = store.session("hang").await.expect("session");
+    wait_for("key directory loaded", Duration::from_secs(10), || {
+        store.metrics().directory.companies >= 1
+    })
+    .await;
     let v0 = val(json!({"public": buffer(&bytes_for(7, 33))}));
     s.set(vec![put("pre-key", "cached", &v0)])
         .await
@@ -897,11 +921,9 @@ async fn network_hang_times_out_within_bound_and_recovers() {
         expected.push((format!("w{n}"), v));
     }
     let t = Instant::now();
+    // A key never stored is answered absent from the key directory, at once, during the hang.
     let r = s.get("pre-key", &ids(&["other-uncached"])).await;
-    assert!(
-        matches!(r, Err(ref e) if e.kind() == ErrorKind::Unavailable),
-        "{r:?}"
-    );
+    assert!(matches!(r, Ok(ref v) if v.is_empty()), "{r:?}");
     assert!(t.elapsed() < Duration::from_millis(500));
     assert_eq!(
         get_map(&s, "pre-key", &ids(&["cached"]))
@@ -1144,6 +1166,10 @@ async fn read_only_policy_refuses_writes_during_outage_and_recovers() {
     cfg.outage_policy = OutagePolicy::ReadOnly;
     let store = open(cfg).await;
     let s = store.session("ro").await.expect("session");
+    wait_for("key directory loaded", Duration::from_secs(10), || {
+        store.metrics().directory.companies >= 1
+    })
+    .await;
     let v = val(json!({"public": buffer(&bytes_for(1, 33))}));
     s.set(vec![put("pre-key", "1", &v)]).await.expect("set");
     let creds = val(json!({"registrationId": 1}));
@@ -1184,9 +1210,10 @@ async fn read_only_policy_refuses_writes_during_outage_and_recovers() {
     let got = get_map(&s, "pre-key", &ids(&["1"])).await.expect("cached");
     assert_eq!(got["1"], v);
     assert_eq!(s.load_creds().await.expect("creds"), Some(creds.clone()));
+    // The refused write left nothing: the key is absent (known from the key directory).
     assert!(matches!(
         s.get("pre-key", &ids(&["2"])).await,
-        Err(ref e) if e.kind() == ErrorKind::Unavailable
+        Ok(ref v) if v.is_empty()
     ));
     let st = status(&store);
     assert_eq!(

@@ -195,6 +195,31 @@ pub(crate) async fn clear(client: &impl GenericClient, company: &str) -> Result<
     Ok(())
 }
 
+const KEY_IDS: &str = "SELECT key_type, key_id FROM whatsapp_keys WHERE company_id = $1";
+
+/// Calls `each(type, id)` for every key of `company`, streaming the rows (10,000s of keys are
+/// never held as rows at once).
+pub(crate) async fn for_each_key_id(
+    client: &impl GenericClient,
+    company: &str,
+    mut each: impl FnMut(&str, &str),
+) -> Result<()> {
+    use futures_util::TryStreamExt;
+    let stmt = client.prepare_typed_cached(KEY_IDS, &[Type::TEXT]).await?;
+    let rows = client.query_raw(&stmt, [company]).await?;
+    let mut rows = std::pin::pin!(rows);
+    while let Some(row) = rows.try_next().await? {
+        // A row without a type or id can never be read by a `get`: nothing to know of it.
+        if let (Ok(Some(t)), Ok(Some(i))) = (
+            row.try_get::<_, Option<&str>>(0),
+            row.try_get::<_, Option<&str>>(1),
+        ) {
+            each(t, i);
+        }
+    }
+    Ok(())
+}
+
 /// One round trip that proves the database answers.
 pub(crate) async fn probe(client: &tokio_postgres::Client) -> Result<()> {
     client.simple_query("SELECT 1").await?;

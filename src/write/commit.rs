@@ -3,6 +3,7 @@
 use crate::cache;
 use crate::company::Company;
 use crate::db::sql;
+use crate::directory::{key_hash, Change};
 use crate::error::Result;
 
 use super::merge::{plan, Step};
@@ -48,12 +49,21 @@ pub(crate) fn apply_committed(wp: &WritePath, ops: &[(&Company, &Op)]) {
                         w.value.clone(),
                     );
                 }
+                company.directory_apply(writes.iter().map(|w| {
+                    let h = key_hash(&w.key_type, &w.key_id);
+                    if w.value.is_some() {
+                        Change::Put(h)
+                    } else {
+                        Change::Delete(h)
+                    }
+                }));
             }
             Op::Creds(v) => {
                 wp.cache.put(cache::creds_key(&company.id), Some(v.clone()));
                 company.set_last_creds(Some(v.clone()));
             }
             Op::Clear => {
+                company.directory_apply([Change::Clear]);
                 wp.cache.remove_company(&company.id);
                 wp.cache.put(cache::creds_key(&company.id), None);
                 company.set_last_creds(None);
