@@ -4,10 +4,12 @@
 pub mod cache;
 pub mod codec;
 pub mod config;
+mod connect;
 pub mod error;
 pub mod ffi;
 pub mod metrics;
 pub mod migrate;
+pub mod ops;
 pub mod outage;
 mod session;
 mod store;

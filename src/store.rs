@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::cache::Cache;
-use crate::config::{Config, SslMode};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::{Metrics, MetricsSnapshot, PoolStats};
 use crate::migrate::{self, MigrationReport};
@@ -205,21 +205,7 @@ impl Store {
     /// process (see [`Config::journal_path`]) is replayed before anything else; if the
     /// database is down then, the store starts in outage mode with those writes pending.
     pub async fn open(config: Config) -> Result<Store> {
-        let mut pg = config.pg.clone();
-        pg.connect_timeout(config.connect_timeout);
-        pg.keepalives(true);
-        pg.keepalives_idle(Duration::from_secs(30));
-        if !config.statement_timeout.is_zero() {
-            pg.options(format!(
-                "-c statement_timeout={}",
-                config.statement_timeout.as_millis()
-            ));
-        }
-        pg.ssl_mode(match config.ssl_mode {
-            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-            _ => tokio_postgres::config::SslMode::Require,
-        });
+        let pg = crate::connect::pg_config(&config);
         let mgr_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
@@ -294,6 +280,13 @@ impl Store {
         ))));
         if let Some(idle) = inner.config.idle_timeout {
             tasks.push(tokio::spawn(reap_idle(Arc::downgrade(&inner), idle)));
+        }
+        if let Some(every) = inner.config.cleanup_every {
+            let opts = crate::ops::CleanupOptions::default();
+            let weak = Arc::downgrade(&inner);
+            tasks.push(tokio::spawn(crate::ops::cleanup::periodic(
+                weak, every, opts,
+            )));
         }
         *inner.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         if had_journal {
