@@ -200,6 +200,15 @@ async fn export_writes_baileys_files_and_import_brings_them_back() {
         Some(vec![5; 64])
     );
     assert_eq!(creds["me"]["id"], "5511988880001:7@s.whatsapp.net");
+    // Private keys: owner-only files.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.join("creds.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+    }
     // No temporary folder is left next to the target.
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
 
@@ -685,6 +694,19 @@ async fn keys_list_show_delete_stats_and_remove() {
     );
     let e = keys::show(&c, "k1", "session", "nope.0").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
+    // A mistyped company is not an empty one.
+    assert_eq!(
+        keys::list(&c, "k9", None).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        keys::stats(&c, Some("k9")).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert!(keys::list(&c, "k1", Some("future-type"))
+        .await
+        .unwrap()
+        .is_empty());
 
     let d = keys::delete(
         &c,
@@ -756,6 +778,51 @@ async fn keys_list_show_delete_stats_and_remove() {
         keys::stats(&c, Some("k2")).await.unwrap().keys,
         want.len() as u64
     );
+}
+
+#[tokio::test]
+async fn the_store_runs_cleanup_periodically_when_configured() {
+    let url = common::fresh_database("periodic").await;
+    let setup = Store::open(cfg(&url)).await.unwrap();
+    setup.migrate().await.unwrap();
+    setup.close().await.unwrap();
+    let db = common::sql(&url).await;
+    db.batch_execute(
+        "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value, expires_at)
+         SELECT 'p', t, 'id' || g, '{}', now() - interval '1 day'
+         FROM generate_series(1, 5) g, unnest(ARRAY['sender-key-memory', 'session']) t",
+    )
+    .await
+    .unwrap();
+    let mut c = cfg(&url);
+    c.cleanup_every = Some(std::time::Duration::from_millis(100));
+    let store = Store::open(c).await.unwrap();
+    let left = |t: &'static str| {
+        let db = &db;
+        async move {
+            db.query_one(
+                "SELECT count(*) FROM whatsapp_keys WHERE key_type = $1",
+                &[&t],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+        }
+    };
+    // Wait (bounded) for the background task; no assertion on how long it took.
+    for _ in 0..300 {
+        if left("sender-key-memory").await == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        left("sender-key-memory").await,
+        0,
+        "the periodic cleanup ran"
+    );
+    assert_eq!(left("session").await, 5, "protected types stay");
+    store.close().await.unwrap();
 }
 
 fn cli(args: &[&str], database_url: Option<&str>) -> std::process::Output {

@@ -35,14 +35,21 @@ pub async fn run(config: Config, args: Args) -> Result<ExitCode> {
         eprintln!("warning: cleaning protected type {t} because it was named in --types");
     }
     print(args.json, &r, || {
-        let mut out = format!(
-            "{} {} expired keys of {} in {} batches (largest {})\n",
-            if r.dry_run { "would delete" } else { "deleted" },
-            r.total,
-            r.types.join(", "),
-            r.batches,
-            r.largest_batch
-        );
+        let mut out = if r.dry_run {
+            format!(
+                "would delete {} expired keys of {}\n",
+                r.total,
+                r.types.join(", ")
+            )
+        } else {
+            format!(
+                "deleted {} expired keys of {} in {} batches (largest {})\n",
+                r.total,
+                r.types.join(", "),
+                r.batches,
+                r.largest_batch
+            )
+        };
         let line = |out: &mut String, t: &str, b: &std::collections::BTreeMap<String, u64>| {
             let buckets: Vec<String> = ops::sql::AGE_BUCKETS
                 .iter()

@@ -5,7 +5,8 @@
 //! the target, each fsynced, then the folder is fsynced and renamed into place, so the target
 //! is either the old folder or the complete new one. While the snapshot is still open the
 //! target is read back and every file compared byte for byte with the snapshot; the report
-//! gives counts per type.
+//! gives counts per type. Files are created 0600 in 0700 folders (they hold private keys):
+//! export as the service's user, or hand the folder to it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
@@ -266,11 +267,12 @@ fn file_of(company: &str, row: &KeyRow) -> Result<(String, StoredValue)> {
 }
 
 fn write_file(path: &Path, text: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| io_err("create", path, e))?;
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    // Private keys: readable by the owner only (the temporary folder is 0700 too).
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    let mut f = open.open(path).map_err(|e| io_err("create", path, e))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(|e| io_err("write", path, e))

@@ -32,6 +32,9 @@ pub async fn list(config: &Config, company: &str, key_type: Option<&str>) -> Res
         let done = (page.len() as i64) < PAGE;
         out.extend(page);
         if done {
+            if out.is_empty() {
+                require_state(&client, company).await?;
+            }
             return Ok(out);
         }
     }
@@ -71,6 +74,15 @@ pub async fn show(
         meta,
         value,
     })
+}
+
+/// [`Error::not_found`] when `company` has neither creds nor keys: a mistyped company id must
+/// not look like an empty account.
+async fn require_state(c: &impl tokio_postgres::GenericClient, company: &str) -> Result<()> {
+    if sql::creds(c, company).await?.is_none() && sql::key_counts(c, company).await?.is_empty() {
+        return Err(Error::not_found(format!("company {company} has no state")));
+    }
+    Ok(())
 }
 
 fn not_found(company: &str, key_type: &str, key_id: &str) -> Error {
@@ -167,7 +179,13 @@ pub async fn stats(config: &Config, company: Option<&str>) -> Result<Stats> {
         validate::company_id(c)?;
     }
     let client = crate::connect::client(config).await?;
-    stats_on(&client, company).await
+    let s = stats_on(&client, company).await?;
+    if let Some(c) = company {
+        if s.keys == 0 && s.creds != Some(true) {
+            return Err(Error::not_found(format!("company {c} has no state")));
+        }
+    }
+    Ok(s)
 }
 
 /// [`stats`] of one company through a running store's pool (Node's `store.stats(id)`, C).
