@@ -61,8 +61,8 @@ pub async fn run(args: Args) -> Result<ExitCode> {
                 c.creds_written,
                 c.removed,
                 if c.equal { "equal" } else { "DIFFER" },
-                &c.source_checksum[..12],
-                &c.target_checksum[..12]
+                c.source_checksum.get(..12).unwrap_or(&c.source_checksum),
+                c.target_checksum.get(..12).unwrap_or(&c.target_checksum)
             ));
         }
         if !r.dry_run {

@@ -87,6 +87,16 @@ pub async fn export(config: &Config, opts: &ExportOptions) -> Result<ExportRepor
         )));
     }
     let companies = opts.scope.companies(&tx).await?;
+    // Company ids name folders: one written by hand with '/' or '..' must not escape --dir.
+    let bad: Vec<&String> = companies
+        .iter()
+        .filter(|c| crate::validate::company_id(c).is_err())
+        .collect();
+    if !bad.is_empty() {
+        return Err(Error::database(format!(
+            "company ids that cannot name a folder: {bad:?}; export the others with --company"
+        )));
+    }
     let mut report = ExportReport {
         database: config.describe(),
         dir: opts.dir.clone(),
@@ -127,7 +137,7 @@ pub async fn export(config: &Config, opts: &ExportOptions) -> Result<ExportRepor
     }
     sync_tree(tmp.path())?;
     let tmp = tmp.keep();
-    if let Err(e) = replace_dir(&tmp, &opts.dir) {
+    if let Err(e) = replace_dir(&tmp, &opts.dir, opts.force) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
@@ -182,12 +192,13 @@ fn file_name_of(dir: &Path) -> Result<String> {
         .ok_or_else(|| Error::invalid(format!("{} names no folder", dir.display())))
 }
 
-/// Puts the finished folder `tmp` at `dir`: a rename onto a missing or empty folder, else the
-/// old folder is renamed aside first and removed after.
-fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
+/// Puts the finished folder `tmp` at `dir`: a rename onto a missing or empty folder, else
+/// (only with `force`) the old folder is renamed aside first and removed after.
+fn replace_dir(tmp: &Path, dir: &Path, force: bool) -> Result<()> {
     match std::fs::rename(tmp, dir) {
         Ok(()) => return Ok(()),
-        Err(e) if !dir.exists() => return Err(io_err("rename into place", dir, e)),
+        // Something was written into the target since it was checked: not ours to replace.
+        Err(e) if !dir.exists() || !force => return Err(io_err("rename into place", dir, e)),
         Err(_) => {}
     }
     let aside = PathBuf::from(format!("{}.replaced", tmp.display()));
