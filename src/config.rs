@@ -156,6 +156,9 @@ pub struct Config {
     pub journal_path: Option<PathBuf>,
     /// Bound on writes kept during an outage (bytes of value text).
     pub max_pending_bytes: usize,
+    /// Run the operator cleanup (`authstate cleanup`) (default types and batch) in-process this often; `None`
+    /// (the default) leaves cleanup to `authstate cleanup`.
+    pub cleanup_every: Option<Duration>,
 }
 
 impl fmt::Debug for Config {
@@ -174,6 +177,7 @@ impl fmt::Debug for Config {
             .field("outage_policy", &self.outage_policy)
             .field("journal_path", &self.journal_path)
             .field("max_pending_bytes", &self.max_pending_bytes)
+            .field("cleanup_every", &self.cleanup_every)
             .finish_non_exhaustive()
     }
 }
@@ -196,6 +200,7 @@ impl Config {
             outage_policy: OutagePolicy::Buffer,
             journal_path: None,
             max_pending_bytes: 64 * 1024 * 1024,
+            cleanup_every: None,
         }
     }
 

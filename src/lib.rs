@@ -18,6 +18,9 @@ mod session;
 mod store;
 pub mod write;
 
+// Operator tools on top of the store and the database layer.
+pub mod ops;
+
 #[cfg(feature = "tempdb")]
 pub mod tempdb;
 

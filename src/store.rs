@@ -141,6 +141,13 @@ impl Store {
         if let Some(idle) = config.idle_timeout {
             tasks.push(tokio::spawn(reap_idle(Arc::downgrade(&db), idle)));
         }
+        if let Some(every) = config.cleanup_every {
+            tasks.push(tokio::spawn(crate::ops::cleanup::periodic(
+                Arc::downgrade(&db),
+                every,
+                crate::ops::cleanup::CleanupOptions::default(),
+            )));
+        }
         if had_journal {
             // Replay before anything else; if it fails the reconnect loop keeps trying.
             let _ = outage::try_recover(&wp).await;
@@ -194,6 +201,36 @@ impl Store {
     #[doc(hidden)]
     pub fn downgrade_for_tests(&self) -> Weak<impl Sized> {
         Arc::downgrade(&self.inner)
+    }
+
+    /// Keys per type, bytes, oldest/newest update and expired counts of one company (the
+    /// old module's statistics; Node `store.stats(id)`), through the store's pool.
+    pub async fn company_stats(&self, company_id: &str) -> Result<crate::ops::keys::Stats> {
+        crate::ops::keys::company_stats(&self.inner.db, company_id).await
+    }
+
+    /// A page of one type's keys of a company with their values, after id `after` (ordered by
+    /// id), and the `after` of the next page (`None` at the end): Baileys' `keys.list(type)`
+    /// streams a type of any size this way.
+    pub async fn list_page(
+        &self,
+        company_id: &str,
+        key_type: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::ops::keys::ListPage> {
+        crate::ops::keys::list_page(&self.inner.db, company_id, key_type, after, limit).await
+    }
+
+    /// Like [`Store::list_page`] with ids only: Baileys' `keys.listIds(type)`.
+    pub async fn list_ids_page(
+        &self,
+        company_id: &str,
+        key_type: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<String>)> {
+        crate::ops::keys::list_ids_page(&self.inner.db, company_id, key_type, after, limit).await
     }
 
     /// The connection described without its password.

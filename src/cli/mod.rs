@@ -1,7 +1,11 @@
 //! Command-line parsing (clap) and dispatch to one module per subcommand.
 
+mod cleanup;
+mod copy;
 mod demo;
+mod keys;
 mod tempdb;
+mod transfer;
 
 use std::process::ExitCode;
 
@@ -30,6 +34,21 @@ enum Command {
     /// Start a throwaway PostgreSQL, print one JSON line describing it, and keep it until
     /// stdin closes or a signal arrives (for test harnesses in other languages).
     Tempdb(tempdb::Args),
+    /// Write a company's state (or every company's, --all) as the folder Baileys'
+    /// useMultiFileAuthState reads: one snapshot, atomic, verified byte for byte.
+    Export(transfer::ExportArgs),
+    /// Load a folder written by Baileys' useMultiFileAuthState into one company, in one
+    /// transaction, verified after.
+    Import(transfer::ImportArgs),
+    /// Copy accounts between databases in batches, verified by counts and checksums; safe to
+    /// re-run.
+    Copy(copy::Args),
+    /// Delete expired keys of the types Baileys recovers from, in bounded batches.
+    Cleanup(cleanup::Args),
+    /// List, show or delete single keys of one company; per-type statistics.
+    Keys(keys::Args),
+    /// Delete all state (creds and keys) of one company.
+    Remove(keys::RemoveArgs),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -37,6 +56,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         .enable_all()
         .build()
         .map_err(|e| authstate::Error::internal(format!("tokio runtime: {e}")))?;
+    let url = cli.database_url.as_deref();
     match cli.command {
         Command::Migrate => rt.block_on(async {
             let store = Store::open(config(cli.database_url.as_deref())?).await?;
@@ -52,7 +72,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }),
         Command::Demo(args) => rt.block_on(demo::run(cli.database_url, args)),
         Command::Tempdb(args) => rt.block_on(tempdb::run(args)),
+        Command::Export(args) => rt.block_on(transfer::export(config(url)?, args)),
+        Command::Import(args) => rt.block_on(transfer::import(config(url)?, args)),
+        Command::Copy(args) => rt.block_on(copy::run(args)),
+        Command::Cleanup(args) => rt.block_on(cleanup::run(config(url)?, args)),
+        Command::Keys(args) => rt.block_on(keys::run(config(url)?, args)),
+        Command::Remove(args) => rt.block_on(keys::remove(config(url)?, args)),
     }
+}
+
+/// Prints `value` as JSON, or the text `human` makes.
+fn print<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", human());
+    }
+    Ok(())
 }
 
 fn config(url: Option<&str>) -> Result<Config> {

@@ -13,21 +13,7 @@ use crate::error::{Error, Result};
 
 /// The pool for `config` (no connection is made yet) and its connection tracker.
 pub(super) fn pool(config: &Config) -> Result<(Pool, Arc<ConnTracker>)> {
-    let mut pg = config.pg.clone();
-    pg.connect_timeout(config.connect_timeout);
-    pg.keepalives(true);
-    pg.keepalives_idle(Duration::from_secs(30));
-    if !config.statement_timeout.is_zero() {
-        pg.options(format!(
-            "-c statement_timeout={}",
-            config.statement_timeout.as_millis()
-        ));
-    }
-    pg.ssl_mode(match config.ssl_mode {
-        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        _ => tokio_postgres::config::SslMode::Require,
-    });
+    let pg = pg_config(config);
     let mgr_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
@@ -59,6 +45,60 @@ pub(super) fn pool(config: &Config) -> Result<(Pool, Arc<ConnTracker>)> {
         .build()
         .map_err(|e| Error::internal(format!("pool: {e}")))?;
     Ok((pool, conns))
+}
+
+/// The tokio-postgres settings of `config`: connect timeout, TCP keepalives, the server-side
+/// `statement_timeout`, and the TLS mode (verification itself is done by [`crate::tls`]).
+pub(crate) fn pg_config(config: &Config) -> tokio_postgres::Config {
+    let mut pg = config.pg.clone();
+    pg.connect_timeout(config.connect_timeout);
+    pg.keepalives(true);
+    pg.keepalives_idle(Duration::from_secs(30));
+    if !config.statement_timeout.is_zero() {
+        pg.options(format!(
+            "-c statement_timeout={}",
+            config.statement_timeout.as_millis()
+        ));
+    }
+    pg.ssl_mode(match config.ssl_mode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
+    });
+    pg
+}
+
+/// Opens one connection outside any pool (TLS as configured) and drives it on a spawned task;
+/// the task ends when the client is dropped.
+pub(crate) async fn client(config: &Config) -> Result<tokio_postgres::Client> {
+    let pg = pg_config(config);
+    let connect = async {
+        match super::tls::connector(config)? {
+            Some(tls) => {
+                let (client, conn) = pg.connect(tls).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(client)
+            }
+            None => {
+                let (client, conn) = pg.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(client)
+            }
+        }
+    };
+    let bound = config.connect_timeout + Duration::from_secs(1);
+    let result = match tokio::time::timeout(bound, connect).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::timeout(format!(
+            "no connection within {} ms",
+            bound.as_millis()
+        ))),
+    };
+    result.map_err(|e: Error| e.context(format!("connect to {}", config.describe())))
 }
 
 /// Counts live connection tasks so that `close` can wait until every connection has ended.

@@ -6,6 +6,7 @@
 //! unusable instead of returning it to the pool. Every SQL statement of the store is in
 //! [`sql`]; schema migrations in [`migrate`].
 
+pub mod admin;
 mod connect;
 pub mod migrate;
 pub(crate) mod sql;
@@ -19,6 +20,7 @@ use deadpool_postgres::Pool;
 use crate::config::Config;
 use crate::error::{Error, Result};
 
+pub(crate) use self::connect::client as plain_client;
 pub use deadpool_postgres::Client;
 
 /// The connection pool and the rules every database call follows.
