@@ -18,8 +18,8 @@
  *   EAUTHSTATE_MIGRATION    a migration is missing, edited, unknown to this version, or failed
  *   EAUTHSTATE_DATABASE     PostgreSQL refused the statement, or a stored row has a bad shape
  *   EAUTHSTATE_CLOSED       the store or session was closed
- * Errors from the database also carry `err.sqlstate` (e.g. '3D000'); `err.cause` holds the
- * underlying error's text when there is one.
+ * Errors from the database also carry `err.sqlstate` (e.g. '3D000'); `err.cause` is the
+ * underlying error chain (each an Error with that error's text), when there is one.
  */
 
 const native = loadNative()
@@ -32,11 +32,12 @@ function loadNative () {
     return require('./native.js')
   } catch (e) {
     const { platform, arch } = process
+    // the packed package lists its platform packages (scripts/pack.js); a checkout lists none
     const supported = Object.keys(require('./package.json').optionalDependencies || {})
       .map((name) => name.replace(/^authstate-/, ''))
     const err = new Error(
       `authstate: no native binding could be loaded for ${platform}-${arch} (Node ${process.version}): ${e && e.message}\n` +
-      `Prebuilt platforms: ${supported.join(', ') || 'none'}. npm installs the matching package ` +
+      `Prebuilt platforms: ${supported.join(', ') || 'none (a checkout: build it)'}. npm installs the matching package ` +
       '(authstate-<platform>) as an optional dependency: reinstall without --omit=optional / --no-optional, ' +
       'and do not copy node_modules between machines of different platforms. ' +
       'On another platform, build from a checkout: cd node && npm ci && npm run build (needs cargo).',
@@ -70,7 +71,6 @@ function toAuthError (e) {
 }
 
 const invalid = (message, cause) => new AuthStateError('EAUTHSTATE_INVALID', message, cause ? { cause } : undefined)
-
 
 // ---- the peer dependency (baileys or @whiskeysockets/baileys), loaded on first need ----------
 

@@ -3,9 +3,12 @@
 // Packs the npm packages the napi-rs way: the main package `authstate` (JS, types, the
 // generated loader) and one package per platform under npm/<platform>/ holding the prebuilt
 // binary that `napi build --platform` left in node/ (authstate.<platform>.node).
+// As `napi prepublish` does, the main package gets every platform package as an optional
+// dependency at pack time (written into a staged copy, the checkout is not touched): in the
+// checkout they would make `npm install` look for packages that are not published yet.
 //   node scripts/pack.js [DEST]     (npm run pack:all) -> prints a JSON report
 // Adding a platform: add its triple to package.json "napi.triples.additional", run
-// `napi create-npm-dir -t .`, add the package to "optionalDependencies", build on that platform.
+// `npx napi create-npm-dir -t .`, build on that platform (CI matrix) and pack there.
 const { execFileSync } = require('node:child_process')
 const fs = require('node:fs')
 const os = require('node:os')
@@ -28,35 +31,35 @@ function npmPack (dir, dest) {
   }
 }
 
-// Checks the layout (every platform package is an optional dependency of the same version and
-// the reverse), copies the binaries in, packs. Throws when this machine's binary is missing.
+// Copies the binaries into npm/<platform>/, packs each platform that has its binary and the main
+// package with those platforms as optional dependencies. Throws when this machine's binary is
+// missing or a platform package's version differs from the main package's.
 function packAll (dest = fs.mkdtempSync(path.join(os.tmpdir(), 'authstate-pack-'))) {
   fs.mkdirSync(dest, { recursive: true })
   const main = JSON.parse(fs.readFileSync(path.join(NODE_DIR, 'package.json'), 'utf8'))
   const npmDir = path.join(NODE_DIR, 'npm')
-  const platforms = fs.readdirSync(npmDir).sort()
-  const names = platforms.map((p) => JSON.parse(fs.readFileSync(path.join(npmDir, p, 'package.json'), 'utf8')))
-  const optional = main.optionalDependencies || {}
-  if (JSON.stringify(Object.keys(optional).sort()) !== JSON.stringify(names.map((n) => n.name).sort())) {
-    throw new Error(`optionalDependencies ${JSON.stringify(optional)} differ from the packages in npm/: ${names.map((n) => n.name)}`)
-  }
-  for (const n of names) {
-    if (n.version !== main.version || optional[n.name] !== main.version) {
-      throw new Error(`${n.name}: version ${n.version} / dependency ${optional[n.name]} differ from ${main.version}`)
-    }
-  }
   const packed = []
-  for (const [i, platform] of platforms.entries()) {
-    const binary = names[i].main
-    const built = path.join(NODE_DIR, binary)
+  for (const platform of fs.readdirSync(npmDir).sort()) {
+    const meta = JSON.parse(fs.readFileSync(path.join(npmDir, platform, 'package.json'), 'utf8'))
+    if (meta.version !== main.version) throw new Error(`${meta.name} ${meta.version} differs from ${main.name} ${main.version}`)
+    const built = path.join(NODE_DIR, meta.main)
     if (!fs.existsSync(built)) {
-      if (platform === currentPlatform()) throw new Error(`${binary} is not built: run npm run build first`)
+      if (platform === currentPlatform()) throw new Error(`${meta.main} is not built: run npm run build first`)
       continue // another platform's binary comes from its own build machine
     }
-    fs.copyFileSync(built, path.join(npmDir, platform, binary))
+    fs.copyFileSync(built, path.join(npmDir, platform, meta.main))
     packed.push(npmPack(path.join(npmDir, platform), dest))
   }
-  packed.unshift(npmPack(NODE_DIR, dest))
+
+  const stage = fs.mkdtempSync(path.join(os.tmpdir(), 'authstate-stage-'))
+  try {
+    for (const f of [...main.files, 'README.md']) fs.copyFileSync(path.join(NODE_DIR, f), path.join(stage, f))
+    main.optionalDependencies = Object.fromEntries(packed.map((p) => [p.name, p.version]))
+    fs.writeFileSync(path.join(stage, 'package.json'), JSON.stringify(main, null, 2) + '\n')
+    packed.unshift(npmPack(stage, dest))
+  } finally {
+    fs.rmSync(stage, { recursive: true, force: true })
+  }
   return { dest, packages: packed }
 }
 
