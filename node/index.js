@@ -1,60 +1,76 @@
 'use strict'
 // authstate for Node: Baileys' auth state in PostgreSQL through the native addon.
-// This file only converts: JS values <-> JSON text (buffers as {type:'Buffer',data:<base64>}),
-// native errors -> Error objects with a stable `code`. All storage logic is in the Rust core.
+// This file only converts: JS values <-> JSON text (buffers as {type:'Buffer',data:<base64>}).
+// Errors are built by the addon (node/src/lib.rs) with their `code` (and `sqlstate`, `cause`);
+// here they only get the AuthStateError prototype. All storage logic is in the Rust core.
 
-const path = require('node:path')
+/**
+ * Error codes (`err.code`), one per kind of the core's `ErrorKind::ALL`; `ERROR_CODES` is that
+ * list as the addon reports it, and test/errors.test.js checks this comment against it.
+ *   EAUTHSTATE_NOT_FOUND    the thing asked for does not exist
+ *   EAUTHSTATE_INVALID      bad input, refused before any SQL; nothing was written
+ *   EAUTHSTATE_UNAVAILABLE  PostgreSQL cannot be reached and memory could not answer
+ *   EAUTHSTATE_TIMEOUT      a connect or statement timeout expired
+ *   EAUTHSTATE_READ_ONLY    outage under the 'read-only' policy: writes are refused
+ *   EAUTHSTATE_INTERNAL     a bug or environment failure (journal I/O, a caught panic)
+ *   EAUTHSTATE_BACKLOG      outage: the pending-write bound (maxPendingBytes) is reached
+ *   EAUTHSTATE_LOCKED       another holder owns the resource (a lease, a migration)
+ *   EAUTHSTATE_MIGRATION    a migration is missing, edited, unknown to this version, or failed
+ *   EAUTHSTATE_DATABASE     PostgreSQL refused the statement, or a stored row has a bad shape
+ *   EAUTHSTATE_CLOSED       the store or session was closed
+ * Errors from the database also carry `err.sqlstate` (e.g. '3D000'); `err.cause` is the
+ * underlying error chain (each an Error with that error's text), when there is one.
+ */
 
-const ERROR_CODES = Object.freeze([
-  'EAUTHSTATE_INVALID',
-  'EAUTHSTATE_NOT_FOUND',
-  'EAUTHSTATE_UNAVAILABLE',
-  'EAUTHSTATE_TIMEOUT',
-  'EAUTHSTATE_READ_ONLY',
-  'EAUTHSTATE_BACKLOG',
-  'EAUTHSTATE_LOCKED',
-  'EAUTHSTATE_MIGRATION',
-  'EAUTHSTATE_DATABASE',
-  'EAUTHSTATE_CLOSED',
-  'EAUTHSTATE_INTERNAL'
-])
+const native = loadNative()
+const ERROR_CODES = Object.freeze(native.errorCodes())
+
+// The generated loader (native.js, by @napi-rs/cli) picks the prebuilt binary for this platform:
+// ./authstate.<platform>.node in a checkout, else the package authstate-<platform>.
+function loadNative () {
+  try {
+    return require('./native.js')
+  } catch (e) {
+    const { platform, arch } = process
+    // the packed package lists its platform packages (scripts/pack.js); a checkout lists none
+    const supported = Object.keys(require('./package.json').optionalDependencies || {})
+      .map((name) => name.replace(/^authstate-/, ''))
+    const err = new Error(
+      `authstate: no native binding could be loaded for ${platform}-${arch} (Node ${process.version}): ${e && e.message}\n` +
+      `Prebuilt platforms: ${supported.join(', ') || 'none (a checkout: build it)'}. npm installs the matching package ` +
+      '(authstate-<platform>) as an optional dependency: reinstall without --omit=optional / --no-optional, ' +
+      'and do not copy node_modules between machines of different platforms. ' +
+      'On another platform, build from a checkout: cd node && npm ci && npm run build (needs cargo).',
+      { cause: e })
+    err.code = 'EAUTHSTATE_INTERNAL'
+    throw err
+  }
+}
 
 class AuthStateError extends Error {
   constructor (code, message, options) {
     super(message, options)
-    this.name = 'AuthStateError'
     this.code = code
   }
 }
+AuthStateError.prototype.name = 'AuthStateError'
 
 const NAPI_ARG_ERRORS = new Set(['InvalidArg', 'ObjectExpected', 'StringExpected', 'NameExpected',
   'FunctionExpected', 'NumberExpected', 'BooleanExpected', 'ArrayExpected', 'BigintExpected'])
-const CODED = /^\[(EAUTHSTATE_[A-Z_]+)\] ([\s\S]*)$/
+const CODES = new Set(ERROR_CODES)
 
-// Every error that leaves this module goes through here exactly once.
+// Every error that leaves this module goes through here exactly once. The addon's errors keep
+// their object (message, code, sqlstate, cause, stack); they only become AuthStateErrors.
 function toAuthError (e) {
   if (e instanceof AuthStateError) return e
+  if (e instanceof Error && CODES.has(e.code)) return Object.setPrototypeOf(e, AuthStateError.prototype)
   const message = e && typeof e.message === 'string' ? e.message : String(e)
-  const m = CODED.exec(message)
-  if (m) return new AuthStateError(m[1], m[2])
+  // napi's own argument conversion (a number where a string was expected, ...)
   if (e && NAPI_ARG_ERRORS.has(e.code)) return new AuthStateError('EAUTHSTATE_INVALID', message, { cause: e })
   return new AuthStateError('EAUTHSTATE_INTERNAL', message, { cause: e })
 }
 
 const invalid = (message, cause) => new AuthStateError('EAUTHSTATE_INVALID', message, cause ? { cause } : undefined)
-
-function loadNative () {
-  const file = process.env.AUTHSTATE_NODE_ADDON || path.join(__dirname, 'authstate.node')
-  try {
-    return require(file)
-  } catch (e) {
-    if (e && e.code === 'MODULE_NOT_FOUND') {
-      throw new Error(`authstate: native addon not found at ${file}; build it with \`npm run build\` in ${__dirname}`)
-    }
-    throw e
-  }
-}
-const native = loadNative()
 
 // ---- the peer dependency (baileys or @whiskeysockets/baileys), loaded on first need ----------
 
@@ -291,9 +307,72 @@ async function usePostgresAuthState (store, companyId) {
   }
 }
 
+// ---- Drop-in for the old module (auth-state-timeweb.js) -------------------------------------
+
+let shared // Promise<Store> while opening or open
+let sharedOpen = null // the Store once open, for the synchronous getQueryMetrics
+
+// The one store of this process for the one-line form: opened from DATABASE_URL / PG* and
+// migrated once, on first use. A failed open is not cached: the next call tries again.
+function sharedStore () {
+  if (!shared) {
+    shared = openStore().then(async (store) => {
+      try {
+        await store.migrate()
+      } catch (e) {
+        await store.close().catch(() => {})
+        throw e
+      }
+      sharedOpen = store
+      return store
+    })
+    shared.catch(() => { shared = undefined })
+  }
+  return shared
+}
+
+// Closes the shared store (flushing pending writes); the next one-line call opens a new one.
+async function closeSharedStore () {
+  const p = shared
+  shared = undefined
+  sharedOpen = null
+  if (!p) return null
+  let store
+  try {
+    store = await p
+  } catch {
+    return null
+  }
+  return store.close()
+}
+
+// The old module's one-line form. Its `options.sessionPool` (a credentials cache for
+// outages) is not needed: the store serves reads from memory during an outage itself.
+async function useTimewebAuthState (companyId, options) {
+  return usePostgresAuthState(await sharedStore(), companyId)
+}
+
+// Deletes all of one company's auth state (creds and every key), as the old module did.
+async function removeTimewebAuthState (companyId) {
+  const session = await (await sharedStore()).session(companyId)
+  await session.clear()
+}
+
+// The old module's query metrics: per query kind counts, errors, slow calls and latency
+// percentiles, plus pool, cache and outage state (the core's in-memory snapshot, no database
+// work). null while no shared store is open.
+function getQueryMetrics () {
+  return sharedOpen ? sharedOpen.metrics() : null
+}
+
 module.exports = {
   openStore,
   usePostgresAuthState,
+  useTimewebAuthState,
+  removeTimewebAuthState,
+  getQueryMetrics,
+  sharedStore,
+  closeSharedStore,
   AuthStateError,
   ERROR_CODES,
   bufferReplacer,

@@ -3,7 +3,7 @@
 // Side-by-side benchmark, one run: the addon vs. a reference JS implementation of the old
 // module (bench/reference-pg.js) vs. Baileys' useMultiFileAuthState in a temp dir.
 //   npm run bench          (builds the release addon first)
-//   node bench/run.js      (uses node/authstate.node as built)
+//   node bench/run.js      (uses the addon as last built: node/authstate.<platform>.node)
 // DATABASE_URL is used when set, otherwise `authstate tempdb` starts a throwaway cluster.
 // Options (env): BENCH_MESSAGES_PER_ACCOUNT (40), BENCH_ACCOUNTS (50), BENCH_REPS (8).
 const fs = require('node:fs')

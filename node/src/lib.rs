@@ -2,8 +2,9 @@
 //!
 //! Thin by design: it converts arguments and errors and calls the core; no storage logic lives
 //! here. Values cross as JSON text in both directions (`index.js` stringifies with a buffer
-//! replacer and revives buffer nodes into `Buffer`s). Every error reaches JS as an `Error` whose
-//! message starts with `[EAUTHSTATE_*] `; `index.js` moves that prefix into `err.code`.
+//! replacer and revives buffer nodes into `Buffer`s). Every error reaches JS as an `Error` built
+//! here with `code` = `EAUTHSTATE_<kind>` (from [`authstate::ErrorKind::code`]), `sqlstate` when
+//! PostgreSQL answered with one, and `cause` for the underlying error chain.
 //! Writes use the core's `*_begin` forms synchronously inside the napi call, so two un-awaited
 //! JS calls commit in call order; the returned Promise resolves after the commit.
 
@@ -14,28 +15,16 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use authstate::{Config, OutagePolicy, Session, Store, StoredValue};
+use authstate::{Config, ErrorKind, OutagePolicy, Session, Store, StoredValue};
 use futures_util::FutureExt;
-use napi::bindgen_prelude::within_runtime_if_available;
+use napi::bindgen_prelude::{within_runtime_if_available, ToNapiValue};
 use napi::{Env, JsObject, Status};
 use napi_derive::napi;
 use serde_json::{Map, Value};
 
 /// The JS `code` for a core error kind: `EAUTHSTATE_` + [`authstate::ErrorKind::code`].
-fn js_code(core_code: &str) -> String {
-    format!("EAUTHSTATE_{core_code}")
-}
-
-fn coded(code: &str, message: impl std::fmt::Display) -> napi::Error {
-    napi::Error::new(Status::GenericFailure, format!("[{code}] {message}"))
-}
-
-fn to_js(e: authstate::Error) -> napi::Error {
-    coded(&js_code(e.code()), e)
-}
-
-fn invalid(message: impl std::fmt::Display) -> napi::Error {
-    coded("EAUTHSTATE_INVALID", message)
+fn js_code(kind: ErrorKind) -> String {
+    format!("EAUTHSTATE_{}", kind.code())
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -48,60 +37,104 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Runs `fut` on napi's tokio runtime and returns a Promise; a panic becomes a rejected
-/// Promise with code `EAUTHSTATE_INTERNAL`.
+/// Builds the JS `Error` for a core error on the JS thread: `message`, `code`, `sqlstate` when
+/// the database gave one, `cause` (`Error`s with the texts of the underlying error chain) when
+/// there is one. Returned as a napi error that refers to that object, so napi throws or rejects with it
+/// unchanged.
+fn to_js(env: &Env, e: &authstate::Error) -> napi::Error {
+    let build = || -> napi::Result<JsObject> {
+        let mut obj = env.create_error(napi::Error::new(Status::GenericFailure, e.to_string()))?;
+        obj.set_named_property("code", js_code(e.kind()))?;
+        if let Some(state) = e.sqlstate() {
+            obj.set_named_property("sqlstate", state.to_string())?;
+        }
+        // The source chain as nested `cause`s (tokio-postgres: "db error" -> the server's text).
+        let mut chain = Vec::new();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source.filter(|_| chain.len() < 8) {
+            chain.push(s.to_string());
+            source = s.source();
+        }
+        let mut cause: Option<JsObject> = None;
+        for text in chain.iter().rev() {
+            let mut c = env.create_error(napi::Error::new(Status::GenericFailure, text.clone()))?;
+            if let Some(inner) = cause.take() {
+                c.set_named_property("cause", inner)?;
+            }
+            cause = Some(c);
+        }
+        if let Some(c) = cause {
+            obj.set_named_property("cause", c)?;
+        }
+        Ok(obj)
+    };
+    match build() {
+        Ok(obj) => napi::Error::from(obj.into_unknown()),
+        // Creating the object failed (the engine is out of memory or shutting down): napi's own
+        // error, which index.js reports as EAUTHSTATE_INTERNAL.
+        Err(napi_err) => napi_err,
+    }
+}
+
+/// Runs `fut` on napi's tokio runtime and returns a Promise that resolves with its value or
+/// rejects with the coded JS error (built on the JS thread, see [`to_js`]). A panic rejects
+/// with `EAUTHSTATE_INTERNAL`.
 fn promise<T, F>(env: &Env, fut: F) -> napi::Result<JsObject>
 where
-    T: 'static + Send + napi::bindgen_prelude::ToNapiValue,
-    F: 'static + Send + Future<Output = napi::Result<T>>,
+    T: 'static + Send + ToNapiValue,
+    F: 'static + Send + Future<Output = authstate::Result<T>>,
 {
-    env.spawn_future(async move {
-        match AssertUnwindSafe(fut).catch_unwind().await {
+    let guarded = async move {
+        Ok(match AssertUnwindSafe(fut).catch_unwind().await {
             Ok(r) => r,
-            Err(p) => Err(coded(
-                "EAUTHSTATE_INTERNAL",
-                format!("panic in the addon: {}", panic_message(p.as_ref())),
-            )),
-        }
-    })
+            Err(p) => Err(authstate::Error::internal(format!(
+                "panic in the addon: {}",
+                panic_message(p.as_ref())
+            ))),
+        })
+    };
+    env.execute_tokio_future(guarded, |env, r| r.map_err(|e| to_js(env, &e)))
 }
 
 // ---------------------------------------------------------------------------------------------
 // options -> Config
 
-fn opt_u64(v: &Value, name: &str) -> napi::Result<u64> {
+fn opt_u64(v: &Value, name: &str) -> authstate::Result<u64> {
     match v.as_f64() {
         Some(n) if n.is_finite() && n >= 0.0 && n.fract() == 0.0 && n <= 9.0e15 => Ok(n as u64),
-        _ => Err(invalid(format!(
+        _ => Err(authstate::Error::invalid(format!(
             "option {name} must be a non-negative integer, got {v}"
         ))),
     }
 }
 
-fn opt_usize(v: &Value, name: &str) -> napi::Result<usize> {
-    usize::try_from(opt_u64(v, name)?).map_err(|_| invalid(format!("option {name} is too large")))
+fn opt_usize(v: &Value, name: &str) -> authstate::Result<usize> {
+    usize::try_from(opt_u64(v, name)?)
+        .map_err(|_| authstate::Error::invalid(format!("option {name} is too large")))
 }
 
-fn opt_ms(v: &Value, name: &str) -> napi::Result<Duration> {
+fn opt_ms(v: &Value, name: &str) -> authstate::Result<Duration> {
     Ok(Duration::from_millis(opt_u64(v, name)?))
 }
 
-fn opt_str<'a>(v: &'a Value, name: &str) -> napi::Result<&'a str> {
-    v.as_str()
-        .ok_or_else(|| invalid(format!("option {name} must be a string, got {v}")))
+fn opt_str<'a>(v: &'a Value, name: &str) -> authstate::Result<&'a str> {
+    v.as_str().ok_or_else(|| {
+        authstate::Error::invalid(format!("option {name} must be a string, got {v}"))
+    })
 }
 
-fn opt_bool(v: &Value, name: &str) -> napi::Result<bool> {
-    v.as_bool()
-        .ok_or_else(|| invalid(format!("option {name} must be a boolean, got {v}")))
+fn opt_bool(v: &Value, name: &str) -> authstate::Result<bool> {
+    v.as_bool().ok_or_else(|| {
+        authstate::Error::invalid(format!("option {name} must be a boolean, got {v}"))
+    })
 }
 
 /// Builds the core [`Config`] from `openStore`'s options (a JSON object). Unknown options are
 /// refused so a typo does not silently fall back to a default.
-fn config_from_options(options: &Map<String, Value>) -> napi::Result<Config> {
+fn config_from_options(options: &Map<String, Value>) -> authstate::Result<Config> {
     let mut cfg = match options.get("url") {
-        Some(Value::Null) | None => Config::from_env().map_err(to_js)?,
-        Some(v) => Config::from_url(opt_str(v, "url")?).map_err(to_js)?,
+        Some(Value::Null) | None => Config::from_env()?,
+        Some(v) => Config::from_url(opt_str(v, "url")?)?,
     };
     for (name, v) in options {
         if v.is_null() {
@@ -120,16 +153,14 @@ fn config_from_options(options: &Map<String, Value>) -> napi::Result<Config> {
             "writeLanes" => cfg.write_lanes = opt_usize(v, name)?.max(1),
             "cacheMaxEntries" => cfg.cache.max_entries = opt_usize(v, name)?,
             "cacheMaxBytes" => cfg.cache.max_bytes = opt_usize(v, name)?,
-            "outagePolicy" => {
-                cfg.outage_policy = opt_str(v, name)?.parse::<OutagePolicy>().map_err(to_js)?
-            }
+            "outagePolicy" => cfg.outage_policy = opt_str(v, name)?.parse::<OutagePolicy>()?,
             "journalPath" => cfg.journal_path = Some(PathBuf::from(opt_str(v, name)?)),
             "maxPendingBytes" => cfg.max_pending_bytes = opt_usize(v, name)?,
-            "sslMode" => cfg.ssl_mode = opt_str(v, name)?.parse().map_err(to_js)?,
+            "sslMode" => cfg.ssl_mode = opt_str(v, name)?.parse()?,
             "sslRootCert" => cfg.ssl_root_cert = Some(PathBuf::from(opt_str(v, name)?)),
             "ttlMs" => {
                 let Value::Object(per) = v else {
-                    return Err(invalid(
+                    return Err(authstate::Error::invalid(
                         "option ttlMs must be an object {default?, [keyType]: ms}",
                     ));
                 };
@@ -138,12 +169,16 @@ fn config_from_options(options: &Map<String, Value>) -> napi::Result<Config> {
                     if key_type == "default" {
                         cfg.ttl.default = d;
                     } else {
-                        authstate::validate::key_type(key_type).map_err(to_js)?;
+                        authstate::validate::key_type(key_type)?;
                         cfg.ttl.per_type.insert(key_type.clone(), d);
                     }
                 }
             }
-            other => return Err(invalid(format!("unknown option {other:?}"))),
+            other => {
+                return Err(authstate::Error::invalid(format!(
+                    "unknown option {other:?}"
+                )))
+            }
         }
     }
     Ok(cfg)
@@ -152,29 +187,53 @@ fn config_from_options(options: &Map<String, Value>) -> napi::Result<Config> {
 // ---------------------------------------------------------------------------------------------
 // exports
 
-/// Opens a store. `options_json`: the JSON text of `openStore`'s options object.
-#[napi(catch_unwind)]
-pub fn open_store(env: Env, options_json: String) -> napi::Result<JsObject> {
-    let options: Value = serde_json::from_str(&options_json)
-        .map_err(|e| invalid(format!("options are not JSON: {e}")))?;
+/// Turns a core result into a napi result for a synchronous throw (see [`to_js`]).
+fn sync<T>(env: &Env, r: authstate::Result<T>) -> napi::Result<T> {
+    r.map_err(|e| to_js(env, &e))
+}
+
+fn options_config(options_json: &str) -> authstate::Result<Config> {
+    let options: Value = serde_json::from_str(options_json)
+        .map_err(|e| authstate::Error::invalid(format!("options are not JSON: {e}")))?;
     let Value::Object(options) = options else {
-        return Err(invalid("options must be an object"));
+        return Err(authstate::Error::invalid("options must be an object"));
     };
-    let config = config_from_options(&options)?;
+    config_from_options(&options)
+}
+
+/// Opens a store. `options_json`: the JSON text of `openStore`'s options object.
+#[napi(catch_unwind, ts_return_type = "Promise<NativeStore>")]
+pub fn open_store(env: Env, options_json: String) -> napi::Result<JsObject> {
+    let config = sync(&env, options_config(&options_json))?;
     promise(&env, async move {
-        let store = Store::open(config).await.map_err(to_js)?;
+        let store = Store::open(config).await?;
         Ok(NativeStore { store })
     })
 }
 
-/// Maps a core error code to the JS code (exported so tests can check the mapping).
+/// Every JS error code, from the core's one list [`ErrorKind::ALL`]: `index.js` exports it as
+/// `ERROR_CODES`, and the tests check `index.d.ts` and the documentation against it.
 #[napi(catch_unwind)]
-pub fn error_code(core_code: String) -> String {
-    js_code(&core_code)
+pub fn error_codes() -> Vec<String> {
+    ErrorKind::ALL.iter().map(|k| js_code(*k)).collect()
+}
+
+/// Fails on purpose with a core error of the kind whose code is `core_code`: tests use it to
+/// check that every kind reaches JS with its code, thrown or as a rejected Promise.
+#[napi(catch_unwind, ts_return_type = "Promise<void> | null")]
+pub fn test_error(env: Env, core_code: String, in_promise: bool) -> napi::Result<Option<JsObject>> {
+    let err = match ErrorKind::ALL.into_iter().find(|k| k.code() == core_code) {
+        Some(kind) => authstate::Error::new(kind, "test error"),
+        None => authstate::Error::invalid(format!("no error kind {core_code:?}")),
+    };
+    if in_promise {
+        return promise::<(), _>(&env, async move { Err(err) }).map(Some);
+    }
+    sync(&env, Err(err))
 }
 
 /// Panics on purpose: tests use it to prove a panic becomes a JS error and never kills Node.
-#[napi(catch_unwind)]
+#[napi(catch_unwind, ts_return_type = "Promise<void> | null")]
 pub fn test_panic(env: Env, in_promise: bool) -> napi::Result<Option<JsObject>> {
     if in_promise {
         return promise::<(), _>(&env, async { panic!("test panic (async)") }).map(Some);
@@ -182,6 +241,7 @@ pub fn test_panic(env: Env, in_promise: bool) -> napi::Result<Option<JsObject>> 
     panic!("test panic (sync)")
 }
 
+/// A store: the pool, writer lanes, cache and metrics of the core's [`Store`].
 #[napi]
 pub struct NativeStore {
     store: Store,
@@ -190,11 +250,11 @@ pub struct NativeStore {
 #[napi]
 impl NativeStore {
     /// Applies pending migrations; resolves to the report as JSON text.
-    #[napi(catch_unwind)]
+    #[napi(catch_unwind, ts_return_type = "Promise<string>")]
     pub fn migrate(&self, env: Env) -> napi::Result<JsObject> {
         let store = self.store.clone();
         promise(&env, async move {
-            let r = store.migrate().await.map_err(to_js)?;
+            let r = store.migrate().await?;
             Ok(serde_json::json!({
                 "applied": r.applied,
                 "alreadyApplied": r.already_applied,
@@ -204,37 +264,38 @@ impl NativeStore {
     }
 
     /// Opens one company's session (the id is validated by the core).
-    #[napi(catch_unwind)]
+    #[napi(catch_unwind, ts_return_type = "Promise<NativeSession>")]
     pub fn session(&self, env: Env, company_id: String) -> napi::Result<JsObject> {
         let store = self.store.clone();
         promise(&env, async move {
-            let session = store.session(&company_id).await.map_err(to_js)?;
+            let session = store.session(&company_id).await?;
             Ok(NativeSession { session })
         })
     }
 
     /// The in-memory metrics snapshot as JSON text (no database work).
     #[napi(catch_unwind)]
-    pub fn metrics(&self) -> napi::Result<String> {
-        serde_json::to_string(&self.store.metrics())
-            .map_err(|e| coded("EAUTHSTATE_INTERNAL", format!("metrics: {e}")))
+    pub fn metrics(&self, env: Env) -> napi::Result<String> {
+        sync(
+            &env,
+            serde_json::to_string(&self.store.metrics())
+                .map_err(|e| authstate::Error::internal(format!("metrics: {e}"))),
+        )
     }
 
     /// Flushes what is pending and closes the pool; resolves to the close report as JSON text.
-    #[napi(catch_unwind)]
+    #[napi(catch_unwind, ts_return_type = "Promise<string>")]
     pub fn close(&self, env: Env) -> napi::Result<JsObject> {
         let store = self.store.clone();
         promise(&env, async move {
-            let report = store.close().await.map_err(to_js)?;
-            Ok(close_report_json(&report))
+            let report = store.close().await?;
+            serde_json::to_string(&report)
+                .map_err(|e| authstate::Error::internal(format!("close report: {e}")))
         })
     }
 }
 
-fn close_report_json(report: &authstate::CloseReport) -> String {
-    serde_json::to_string(report).unwrap_or_else(|_| "{}".to_string())
-}
-
+/// One company's auth state: the core's [`Session`].
 #[napi]
 pub struct NativeSession {
     session: Session,
@@ -242,32 +303,36 @@ pub struct NativeSession {
 
 #[napi]
 impl NativeSession {
+    /// The company id this session belongs to.
     #[napi(getter, catch_unwind)]
     pub fn company_id(&self) -> String {
         self.session.company_id().to_string()
     }
 
     /// Resolves to the creds as canonical JSON text, or null.
-    #[napi(catch_unwind)]
+    #[napi(catch_unwind, ts_return_type = "Promise<string | null>")]
     pub fn load_creds(&self, env: Env) -> napi::Result<JsObject> {
         let session = self.session.clone();
         promise(&env, async move {
-            let creds = session.load_creds().await.map_err(to_js)?;
+            let creds = session.load_creds().await?;
             Ok(creds.map(|c| c.as_str().to_string()))
         })
     }
 
     /// Validates and enqueues synchronously; resolves to true when written, false when the
     /// creds were unchanged.
-    #[napi(catch_unwind)]
+    #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
     pub fn save_creds(&self, env: Env, creds_json: String) -> napi::Result<JsObject> {
-        let creds = StoredValue::from_json(&creds_json).map_err(to_js)?;
-        let ticket =
-            within_runtime_if_available(|| self.session.save_creds_begin(creds)).map_err(to_js)?;
+        let ticket = sync(
+            &env,
+            StoredValue::from_json(&creds_json).and_then(|creds| {
+                within_runtime_if_available(|| self.session.save_creds_begin(creds))
+            }),
+        )?;
         promise(&env, async move {
             match ticket {
                 None => Ok(false),
-                Some(t) => t.wait().await.map(|()| true).map_err(to_js),
+                Some(t) => t.wait().await.map(|()| true),
             }
         })
     }
@@ -275,33 +340,41 @@ impl NativeSession {
     /// `{"id": value, ...}` as JSON text when every id is answered from memory, else null
     /// (then call `get`). Synchronous: the hot path skips the async hop.
     #[napi(catch_unwind)]
-    pub fn get_cached(&self, key_type: String, ids: Vec<String>) -> napi::Result<Option<String>> {
-        self.session.get_json_cached(&key_type, &ids).map_err(to_js)
+    pub fn get_cached(
+        &self,
+        env: Env,
+        key_type: String,
+        ids: Vec<String>,
+    ) -> napi::Result<Option<String>> {
+        sync(&env, self.session.get_json_cached(&key_type, &ids))
     }
 
     /// Resolves to `{"id": value, ...}` as JSON text; missing ids are absent.
-    #[napi(catch_unwind)]
+    #[napi(catch_unwind, ts_return_type = "Promise<string>")]
     pub fn get(&self, env: Env, key_type: String, ids: Vec<String>) -> napi::Result<JsObject> {
         let session = self.session.clone();
-        promise(&env, async move {
-            session.get_json(&key_type, &ids).await.map_err(to_js)
-        })
+        promise(&env, async move { session.get_json(&key_type, &ids).await })
     }
 
     /// `{"type": {"id": value | null}}` as JSON text. Validated and enqueued synchronously
     /// (nothing is enqueued when any part is invalid); resolves after the commit.
-    #[napi(catch_unwind)]
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn set(&self, env: Env, writes_json: String) -> napi::Result<JsObject> {
-        let ticket = within_runtime_if_available(|| self.session.set_json_begin(&writes_json))
-            .map_err(to_js)?;
-        promise(&env, async move { ticket.wait().await.map_err(to_js) })
+        let ticket = sync(
+            &env,
+            within_runtime_if_available(|| self.session.set_json_begin(&writes_json)),
+        )?;
+        promise(&env, async move { ticket.wait().await })
     }
 
     /// Deletes every key and the creds of the company; ordered like `set`.
-    #[napi(catch_unwind)]
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn clear(&self, env: Env) -> napi::Result<JsObject> {
-        let ticket = within_runtime_if_available(|| self.session.clear_begin()).map_err(to_js)?;
-        promise(&env, async move { ticket.wait().await.map_err(to_js) })
+        let ticket = sync(
+            &env,
+            within_runtime_if_available(|| self.session.clear_begin()),
+        )?;
+        promise(&env, async move { ticket.wait().await })
     }
 }
 
@@ -311,14 +384,16 @@ mod tests {
 
     #[test]
     fn codes() {
-        assert_eq!(js_code("INVALID"), "EAUTHSTATE_INVALID");
-        assert_eq!(js_code("BACKLOG"), "EAUTHSTATE_BACKLOG");
-        assert_eq!(js_code("UNAVAILABLE"), "EAUTHSTATE_UNAVAILABLE");
-        assert_eq!(js_code("READ_ONLY"), "EAUTHSTATE_READ_ONLY");
+        assert_eq!(js_code(ErrorKind::InvalidArgument), "EAUTHSTATE_INVALID");
+        assert_eq!(js_code(ErrorKind::Backlog), "EAUTHSTATE_BACKLOG");
+        assert_eq!(js_code(ErrorKind::ReadOnly), "EAUTHSTATE_READ_ONLY");
         assert_eq!(
-            js_code(authstate::Error::closed("x").code()),
+            js_code(authstate::Error::closed("x").kind()),
             "EAUTHSTATE_CLOSED"
         );
+        let codes = error_codes();
+        assert_eq!(codes.len(), ErrorKind::ALL.len());
+        assert!(codes.iter().all(|c| c.starts_with("EAUTHSTATE_")));
     }
 
     #[test]

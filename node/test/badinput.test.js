@@ -2,7 +2,7 @@
 // Bad input from JS gets a coded error and writes nothing; a panic never kills Node.
 const test = require('node:test')
 const assert = require('node:assert/strict')
-const { openStore, usePostgresAuthState, AuthStateError, ERROR_CODES, native } = require('..')
+const { openStore, usePostgresAuthState, AuthStateError, native } = require('..')
 const { freshDatabase } = require('./helpers/db.js')
 
 const INVALID = { code: 'EAUTHSTATE_INVALID' }
@@ -72,27 +72,6 @@ test('bad input is refused with EAUTHSTATE_INVALID and nothing is written', { ti
   await store.close()
 })
 
-test('errors carry stable codes derived from the core', async () => {
-  const map = {
-    INVALID: 'EAUTHSTATE_INVALID',
-    NOT_FOUND: 'EAUTHSTATE_NOT_FOUND',
-    UNAVAILABLE: 'EAUTHSTATE_UNAVAILABLE',
-    TIMEOUT: 'EAUTHSTATE_TIMEOUT',
-    READ_ONLY: 'EAUTHSTATE_READ_ONLY',
-    BACKLOG: 'EAUTHSTATE_BACKLOG',
-    LOCKED: 'EAUTHSTATE_LOCKED',
-    MIGRATION: 'EAUTHSTATE_MIGRATION',
-    DATABASE: 'EAUTHSTATE_DATABASE',
-    CLOSED: 'EAUTHSTATE_CLOSED',
-    INTERNAL: 'EAUTHSTATE_INTERNAL'
-  }
-  for (const [core, js] of Object.entries(map)) {
-    assert.equal(native.errorCode(core), js)
-    assert.ok(ERROR_CODES.includes(js))
-  }
-  assert.equal(ERROR_CODES.length, Object.keys(map).length)
-})
-
 test('an unreachable database is EAUTHSTATE_UNAVAILABLE/TIMEOUT, never an empty answer', { timeout: 60000 }, async () => {
   let store
   try {
@@ -110,6 +89,6 @@ test('a panic in the addon becomes EAUTHSTATE_INTERNAL and Node keeps running', 
   assert.throws(() => {
     try { native.testPanic(false) } catch (e) { throw require('..').__toAuthError(e) }
   }, { code: 'EAUTHSTATE_INTERNAL' })
-  await assert.rejects(native.testPanic(true), (e) => /EAUTHSTATE_INTERNAL/.test(e.message))
+  await assert.rejects(native.testPanic(true), (e) => e.code === 'EAUTHSTATE_INTERNAL' && /panic/.test(e.message))
   assert.equal(1 + 1, 2)
 })

@@ -1,0 +1,23 @@
+// ES module entry: the same objects as the CommonJS entry (index.js), as named exports.
+// test/esm.test.js fails when this list and index.js's exports differ.
+import cjs from './index.js'
+
+export const {
+  openStore,
+  usePostgresAuthState,
+  useTimewebAuthState,
+  removeTimewebAuthState,
+  getQueryMetrics,
+  sharedStore,
+  closeSharedStore,
+  AuthStateError,
+  ERROR_CODES,
+  bufferReplacer,
+  bufferReviver,
+  Store,
+  Session,
+  native,
+  __toAuthError
+} = cjs
+
+export default cjs
