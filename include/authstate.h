@@ -157,6 +157,26 @@ authstate_status authstate_store_open(const char *url_or_null,
 authstate_status authstate_store_migrate(const authstate_store *store);
 
 /**
+ * Statistics of one company, or of the whole database when `company_id_or_null` is NULL, as
+ * UTF-8 JSON text: `{"company_id", "creds", "keys", "bytes", "expired", "types": [{"key_type",
+ * "keys", "bytes", "oldest_update", "newest_update", "expired"}]}`.
+ *
+ * Returns `AUTHSTATE_INVALID` for a NULL `out`, a company id that is not UTF-8 or not valid.
+ *
+ * Ownership: `store` and `company_id_or_null` are borrowed for the call. On `AUTHSTATE_OK`,
+ * `*out` receives a new string owned by the caller, to be released with
+ * `authstate_string_free`; on any other status `*out` is left unchanged.
+ *
+ * # Safety
+ *
+ * `store` is NULL or a live handle; `company_id_or_null` is NULL or a NUL-terminated string;
+ * `out` is NULL or points to writable storage for one pointer.
+ */
+authstate_status authstate_store_stats(const authstate_store *store,
+                                       const char *company_id_or_null,
+                                       char **out);
+
+/**
  * Flushes pending writes, closes the store and frees the handle. NULL is fine.
  *
  * Sessions opened from this store may still be closed afterwards; other calls on them fail

@@ -99,7 +99,33 @@ export declare class Store {
   migrate(): Promise<MigrationReport>
   session(companyId: string): Promise<Session>
   metrics(): MetricsSnapshot
+  /** Statistics of one company, or of the whole database without one. */
+  stats(companyId?: string): Promise<Stats>
+  /** Every key of one type of a company as [id, value], fetched in pages ordered by id. */
+  listKeys(companyId: string, type: string, pageSize?: number): AsyncGenerator<[string, unknown]>
+  /** Every key id of one type of a company, fetched in pages ordered by id. */
+  listKeyIds(companyId: string, type: string, pageSize?: number): AsyncGenerator<string>
   close(): Promise<CloseReport>
+}
+
+/** Per key type statistics. */
+export interface TypeStats {
+  key_type: string
+  keys: number
+  bytes: number
+  oldest_update: string | null
+  newest_update: string | null
+  expired: number
+}
+
+/** What `store.stats()` returns (`company_id`/`creds` are null for the whole database). */
+export interface Stats {
+  company_id: string | null
+  creds: boolean | null
+  keys: number
+  bytes: number
+  expired: number
+  types: TypeStats[]
 }
 
 export declare function openStore(options?: OpenStoreOptions): Promise<Store>
@@ -123,6 +149,8 @@ export declare function useTimewebAuthState(companyId: string, options?: { sessi
 export declare function removeTimewebAuthState(companyId: string): Promise<void>
 /** The shared store's in-memory metrics (per query kind latency, pool, cache, outage); null while none is open. */
 export declare function getQueryMetrics(): MetricsSnapshot | null
+/** The old module's statistics of the whole database, through the shared store. */
+export declare function getAuthStateStats(): Promise<Stats>
 /** The process's shared store (opened from DATABASE_URL / PG* and migrated on first use). */
 export declare function sharedStore(): Promise<Store>
 /** Closes the shared store, flushing pending writes; null when none was open. */

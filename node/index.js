@@ -255,6 +255,9 @@ class Session {
 
 // ---- Store --------------------------------------------------------------------------------
 
+// Keys per page of Store.listKeys / listKeyIds.
+const LIST_PAGE = 500
+
 class Store {
   constructor (nativeStore) {
     this._native = nativeStore
@@ -273,6 +276,37 @@ class Store {
 
   metrics () {
     return JSON.parse(syncCall(() => this._native.metrics()))
+  }
+
+  // Statistics of one company (or, without one, of the whole database): keys per type,
+  // bytes, oldest/newest update, expired counts.
+  stats (companyId) {
+    return call(() => {
+      if (companyId !== undefined && typeof companyId !== 'string') throw invalid('stats: companyId must be a string')
+      return this._native.stats(companyId)
+    }).then((t) => JSON.parse(t))
+  }
+
+  // Every key of one type of a company as [id, value] pairs, fetched in pages (ordered by id),
+  // so a type of any size never sits in memory at once. Values are revived like get's.
+  async * listKeys (companyId, type, pageSize = LIST_PAGE) {
+    let after = null
+    do {
+      const page = await call(() => this._native.listPage(companyId, type, after, pageSize, true))
+      const values = await reviveGot(type, page.json)
+      for (const id of Object.keys(values)) yield [id, values[id]]
+      after = page.next ?? null
+    } while (after !== null)
+  }
+
+  // Every key id of one type of a company, fetched in pages (ordered by id).
+  async * listKeyIds (companyId, type, pageSize = LIST_PAGE) {
+    let after = null
+    do {
+      const page = await call(() => this._native.listPage(companyId, type, after, pageSize, false))
+      yield * JSON.parse(page.json)
+      after = page.next ?? null
+    } while (after !== null)
   }
 
   close () {
@@ -299,7 +333,10 @@ async function usePostgresAuthState (store, companyId) {
       keys: {
         get: (type, ids) => session.get(type, ids),
         set: (data) => session.set(data),
-        clear: () => session.clear()
+        clear: () => session.clear(),
+        // Baileys' optional key-store listing (its migrateAuthState helper): streamed pages.
+        list: (type) => store.listKeys(companyId, type),
+        listIds: (type) => store.listKeyIds(companyId, type)
       }
     },
     saveCreds: () => session.saveCreds(creds),
@@ -358,6 +395,12 @@ async function removeTimewebAuthState (companyId) {
   await session.clear()
 }
 
+// The old module's statistics of the whole database (companies' keys per type, bytes,
+// expired keys), through the shared store.
+async function getAuthStateStats () {
+  return (await sharedStore()).stats()
+}
+
 // The old module's query metrics: per query kind counts, errors, slow calls and latency
 // percentiles, plus pool, cache and outage state (the core's in-memory snapshot, no database
 // work). null while no shared store is open.
@@ -371,6 +414,7 @@ module.exports = {
   useTimewebAuthState,
   removeTimewebAuthState,
   getQueryMetrics,
+  getAuthStateStats,
   sharedStore,
   closeSharedStore,
   AuthStateError,

@@ -8,6 +8,7 @@ export const {
   useTimewebAuthState,
   removeTimewebAuthState,
   getQueryMetrics,
+  getAuthStateStats,
   sharedStore,
   closeSharedStore,
   AuthStateError,

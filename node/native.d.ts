@@ -17,6 +17,13 @@ export declare function errorCodes(): Array<string>
 export declare function testError(coreCode: string, inPromise: boolean): Promise<void> | null
 /** Panics on purpose: tests use it to prove a panic becomes a JS error and never kills Node. */
 export declare function testPanic(inPromise: boolean): Promise<void> | null
+/** One page of `NativeStore.listPage`. */
+export interface ListPage {
+  /** `{"id": value}` JSON text, or a JSON array of ids. */
+  json: string
+  /** The `after` of the next page; absent at the end. */
+  next?: string
+}
 /** A store: the pool, writer lanes, cache and metrics of the core's [`Store`]. */
 export declare class NativeStore {
   /** Applies pending migrations; resolves to the report as JSON text. */
@@ -25,6 +32,16 @@ export declare class NativeStore {
   session(companyId: string): Promise<NativeSession>
   /** The in-memory metrics snapshot as JSON text (no database work). */
   metrics(): string
+  /**
+   * Statistics (keys per type, bytes, oldest/newest update, expired counts) of one company,
+   * or of the whole database without one, as JSON text.
+   */
+  stats(companyId?: string | undefined | null): Promise<string>
+  /**
+   * A page of one type's keys after id `after` (ordered by id): `json` is `{"id": value}`
+   * text (or an array of ids when `values` is false), `next` the `after` of the next page.
+   */
+  listPage(companyId: string, keyType: string, after: string | undefined | null, limit: number, values: boolean): Promise<ListPage>
   /** Flushes what is pending and closes the pool; resolves to the close report as JSON text. */
   close(): Promise<string>
 }

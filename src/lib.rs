@@ -31,6 +31,6 @@ pub use db::PoolStats;
 pub use error::{Error, ErrorKind, Result};
 pub use session::Session;
 pub use store::{DirectoryStats, MetricsSnapshot, Store};
-pub use value::{parse_writes, KeyWrite, StoredValue};
+pub use value::{json_object, parse_writes, KeyWrite, StoredValue};
 pub use write::outage::{self, CloseReport, OutageStatus, Unflushed};
 pub use write::WriteTicket;

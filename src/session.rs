@@ -10,7 +10,7 @@ use crate::company::Company;
 use crate::db::sql;
 use crate::error::{Error, Result};
 use crate::validate;
-use crate::value::{parse_writes, KeyWrite, StoredValue};
+use crate::value::{json_object, parse_writes, KeyWrite, StoredValue};
 use crate::write::{Op, WritePath, WriteTicket};
 
 /// One company's state: creds and Signal keys. Cheap to clone; clones share the company's
@@ -329,25 +329,4 @@ impl Session {
         }
         result
     }
-}
-
-/// `{"id": value, ...}` from found pairs; the values are already JSON text.
-fn json_object(found: &[(String, StoredValue)]) -> Result<String> {
-    let mut out = String::with_capacity(
-        2 + found
-            .iter()
-            .map(|(i, v)| i.len() + v.len() + 4)
-            .sum::<usize>(),
-    );
-    out.push('{');
-    for (n, (id, v)) in found.iter().enumerate() {
-        if n > 0 {
-            out.push(',');
-        }
-        out.push_str(&serde_json::to_string(id)?);
-        out.push(':');
-        out.push_str(v.as_str());
-    }
-    out.push('}');
-    Ok(out)
 }

@@ -203,10 +203,11 @@ impl Store {
         Arc::downgrade(&self.inner)
     }
 
-    /// Keys per type, bytes, oldest/newest update and expired counts of one company (the
-    /// old module's statistics; Node `store.stats(id)`), through the store's pool.
-    pub async fn company_stats(&self, company_id: &str) -> Result<crate::ops::keys::Stats> {
-        crate::ops::keys::company_stats(&self.inner.db, company_id).await
+    /// Keys per type, bytes, oldest/newest update and expired counts of one company, or of the
+    /// whole database with `None` (the old module's statistics; Node `store.stats(id)`),
+    /// through the store's pool.
+    pub async fn stats(&self, company_id: Option<&str>) -> Result<crate::ops::keys::Stats> {
+        crate::ops::keys::stats_in(&self.inner.db, company_id).await
     }
 
     /// A page of one type's keys of a company with their values, after id `after` (ordered by

@@ -171,6 +171,28 @@ pub fn parse_writes(json: &str) -> Result<Vec<KeyWrite>> {
     Ok(writes)
 }
 
+/// `{"id": value, ...}` text from `(id, value)` pairs, in their order, without re-encoding the
+/// values (they are JSON text already): what a `get` hands to the bindings.
+pub fn json_object(found: &[(String, StoredValue)]) -> Result<String> {
+    let mut out = String::with_capacity(
+        2 + found
+            .iter()
+            .map(|(i, v)| i.len() + v.len() + 4)
+            .sum::<usize>(),
+    );
+    out.push('{');
+    for (n, (id, v)) in found.iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(id)?);
+        out.push(':');
+        out.push_str(v.as_str());
+    }
+    out.push('}');
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -747,7 +747,7 @@ async fn keys_list_show_delete_stats_and_remove() {
     );
     let all = keys::stats(&c, None).await.unwrap();
     assert_eq!(all.keys, 2 * want.len() as u64 - 1);
-    let through_store = store.company_stats("k2").await.unwrap();
+    let through_store = store.stats(Some("k2")).await.unwrap();
     assert_eq!(through_store.keys, want.len() as u64);
 
     // Baileys' list/listIds, paged.

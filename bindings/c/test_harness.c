@@ -515,6 +515,22 @@ static void test_set_get_delete(authstate_store *st) {
     CHECK_STR(got, "{}");
     authstate_string_free(got);
 
+    /* Statistics of the company (3 keys left) and of the whole database; bad input refused. */
+    char *stats = NULL;
+    EXPECT(authstate_store_stats(st, "c-keys", &stats), AUTHSTATE_OK);
+    CHECK(stats && strstr(stats, "\"company_id\":\"c-keys\"") && strstr(stats, "\"keys\":3,\"bytes\""),
+          "stats of c-keys: %s", stats ? stats : "(null)");
+    authstate_string_free(stats);
+    stats = NULL;
+    EXPECT(authstate_store_stats(st, NULL, &stats), AUTHSTATE_OK);
+    CHECK(stats && strstr(stats, "\"company_id\":null"), "stats of the database: %s", stats ? stats : "(null)");
+    authstate_string_free(stats);
+    stats = NULL;
+    EXPECT(authstate_store_stats(st, "bad id!", &stats), AUTHSTATE_INVALID);
+    EXPECT(authstate_store_stats(st, "c-keys", NULL), AUTHSTATE_INVALID);
+    EXPECT(authstate_store_stats(NULL, "c-keys", &stats), AUTHSTATE_INVALID);
+    CHECK(stats == NULL, "no output on failure");
+
     /* clear removes every key of the company and nothing of other companies. */
     EXPECT(authstate_session_clear(se), AUTHSTATE_OK);
     got = get_one(se, "app-state-sync-key", "AAAAAKfL");

@@ -283,6 +283,51 @@ impl NativeStore {
         )
     }
 
+    /// Statistics (keys per type, bytes, oldest/newest update, expired counts) of one company,
+    /// or of the whole database without one, as JSON text.
+    #[napi(catch_unwind, ts_return_type = "Promise<string>")]
+    pub fn stats(&self, env: Env, company_id: Option<String>) -> napi::Result<JsObject> {
+        let store = self.store.clone();
+        promise(&env, async move {
+            let stats = store.stats(company_id.as_deref()).await?;
+            serde_json::to_string(&stats)
+                .map_err(|e| authstate::Error::internal(format!("stats: {e}")))
+        })
+    }
+
+    /// A page of one type's keys after id `after` (ordered by id): `json` is `{"id": value}`
+    /// text (or an array of ids when `values` is false), `next` the `after` of the next page.
+    #[napi(catch_unwind, ts_return_type = "Promise<ListPage>")]
+    pub fn list_page(
+        &self,
+        env: Env,
+        company_id: String,
+        key_type: String,
+        after: Option<String>,
+        limit: u32,
+        values: bool,
+    ) -> napi::Result<JsObject> {
+        let store = self.store.clone();
+        promise(&env, async move {
+            let limit = limit as usize;
+            let after = after.as_deref();
+            let (json, next) = if values {
+                let (entries, next) = store
+                    .list_page(&company_id, &key_type, after, limit)
+                    .await?;
+                (authstate::json_object(&entries)?, next)
+            } else {
+                let (ids, next) = store
+                    .list_ids_page(&company_id, &key_type, after, limit)
+                    .await?;
+                let json = serde_json::to_string(&ids)
+                    .map_err(|e| authstate::Error::internal(format!("ids: {e}")))?;
+                (json, next)
+            };
+            Ok(ListPage { json, next })
+        })
+    }
+
     /// Flushes what is pending and closes the pool; resolves to the close report as JSON text.
     #[napi(catch_unwind, ts_return_type = "Promise<string>")]
     pub fn close(&self, env: Env) -> napi::Result<JsObject> {
@@ -421,4 +466,13 @@ mod tests {
         assert!(config_from_options(&opts(r#"{"url":"postgres://x/y","pol":1}"#)).is_err());
         assert!(config_from_options(&opts(r#"{"url":"postgres://x/y","poolSize":-1}"#)).is_err());
     }
+}
+
+/// One page of `NativeStore.listPage`.
+#[napi(object)]
+pub struct ListPage {
+    /// `{"id": value}` JSON text, or a JSON array of ids.
+    pub json: String,
+    /// The `after` of the next page; absent at the end.
+    pub next: Option<String>,
 }

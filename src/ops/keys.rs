@@ -188,10 +188,12 @@ pub async fn stats(config: &Config, company: Option<&str>) -> Result<Stats> {
     Ok(s)
 }
 
-/// [`stats`] of one company through a running store's pool (`Store::company_stats`).
-pub(crate) async fn company_stats(db: &Db, company: &str) -> Result<Stats> {
-    validate::company_id(company)?;
-    db.call("stats", async |c| stats_on(&***c, Some(company)).await)
+/// [`stats`] through a running store's pool (`Store::stats`).
+pub(crate) async fn stats_in(db: &Db, company: Option<&str>) -> Result<Stats> {
+    if let Some(c) = company {
+        validate::company_id(c)?;
+    }
+    db.call("stats", async |c| stats_on(&***c, company).await)
         .await
 }
 

@@ -4,7 +4,7 @@ use std::ffi::c_char;
 
 use authstate::{Config, Store};
 
-use crate::args::{out_arg, str_arg, write_out};
+use crate::args::{into_c_string, out_arg, str_arg, write_out};
 use crate::handle::{authstate_store, BoxHandle};
 use crate::last_error;
 use crate::panic::{status_boundary, value_boundary};
@@ -67,6 +67,46 @@ pub unsafe extern "C" fn authstate_store_migrate(
         // SAFETY: NULL or a live handle per the contract.
         let store = unsafe { authstate_store::borrow(store) }?;
         block_on(store.migrate())??;
+        Ok(())
+    })
+}
+
+/// Statistics of one company, or of the whole database when `company_id_or_null` is NULL, as
+/// UTF-8 JSON text: `{"company_id", "creds", "keys", "bytes", "expired", "types": [{"key_type",
+/// "keys", "bytes", "oldest_update", "newest_update", "expired"}]}`.
+///
+/// Returns `AUTHSTATE_INVALID` for a NULL `out`, a company id that is not UTF-8 or not valid.
+///
+/// Ownership: `store` and `company_id_or_null` are borrowed for the call. On `AUTHSTATE_OK`,
+/// `*out` receives a new string owned by the caller, to be released with
+/// `authstate_string_free`; on any other status `*out` is left unchanged.
+///
+/// # Safety
+///
+/// `store` is NULL or a live handle; `company_id_or_null` is NULL or a NUL-terminated string;
+/// `out` is NULL or points to writable storage for one pointer.
+#[no_mangle]
+pub unsafe extern "C" fn authstate_store_stats(
+    store: *const authstate_store,
+    company_id_or_null: *const c_char,
+    out: *mut *mut c_char,
+) -> authstate_status {
+    status_boundary("authstate_store_stats", || {
+        out_arg(out, "out")?;
+        // SAFETY: NULL or a live handle per the contract.
+        let store = unsafe { authstate_store::borrow(store) }?;
+        let company = if company_id_or_null.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL, NUL-terminated and borrowed for this call per the contract.
+            Some(unsafe { str_arg(company_id_or_null, "company_id") }?)
+        };
+        let stats = block_on(store.stats(company))??;
+        let json = serde_json::to_string(&stats)
+            .map_err(|e| authstate::Error::internal(format!("stats: {e}")))?;
+        let text = into_c_string(json)?;
+        // SAFETY: `out` was checked non-NULL and is writable per the contract.
+        unsafe { write_out(out, text) };
         Ok(())
     })
 }
