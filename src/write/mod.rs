@@ -153,7 +153,10 @@ pub(crate) struct WritePath {
     ttl: TtlPolicy,
     group_commit: bool,
     lanes: RwLock<Vec<mpsc::UnboundedSender<Request>>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The lane tasks: they end by themselves once their channel is closed and drained.
+    lane_tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The reconnect task: it never ends by itself, so close aborts it.
+    reconnect_task: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
 }
 
@@ -179,7 +182,8 @@ impl WritePath {
             ttl: config.ttl.clone(),
             group_commit: config.group_commit,
             lanes: RwLock::new(Vec::new()),
-            tasks: Mutex::new(Vec::new()),
+            lane_tasks: Mutex::new(Vec::new()),
+            reconnect_task: Mutex::new(None),
             closed: AtomicBool::new(false),
         });
         Ok((wp, had_journal))
@@ -188,15 +192,19 @@ impl WritePath {
     /// Starts `lanes` writer lanes and the reconnect task on the current tokio runtime.
     pub(crate) fn start(self: &Arc<Self>, lanes: usize) {
         let mut senders = Vec::with_capacity(lanes);
-        let mut tasks = Vec::with_capacity(lanes + 1);
+        let mut tasks = Vec::with_capacity(lanes);
         for _ in 0..lanes {
             let (tx, rx) = mpsc::unbounded_channel();
             senders.push(tx);
             tasks.push(tokio::spawn(lane::run(self.clone(), rx)));
         }
-        tasks.push(tokio::spawn(outage::reconnect_loop(Arc::downgrade(self))));
+        let reconnect = tokio::spawn(outage::reconnect_loop(Arc::downgrade(self)));
         *self.lanes.write().unwrap_or_else(|p| p.into_inner()) = senders;
-        *self.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        *self.lane_tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        *self
+            .reconnect_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(reconnect);
     }
 
     /// The time to live of a key of `key_type` (sets `expires_at`).
@@ -242,9 +250,16 @@ impl WritePath {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        if let Some(reconnect) = tasks.last() {
+        let mut tasks =
+            std::mem::take(&mut *self.lane_tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(reconnect) = self
+            .reconnect_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             reconnect.abort();
+            tasks.push(reconnect);
         }
         tasks
     }
