@@ -52,6 +52,12 @@ impl Companies {
         }
     }
 
+    /// Companies with a live session (or pending writes) in this process.
+    pub(crate) fn open_count(&self) -> usize {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter(|w| w.strong_count() > 0).count()
+    }
+
     /// The shared state of `id` (already validated), created on first use.
     pub(crate) fn get(&self, id: &str) -> Arc<Company> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());

@@ -11,8 +11,9 @@ pub mod metrics;
 pub mod validate;
 mod value;
 
-// The database layer, then the write path on top of it, then the facades.
+// The database layer, then the write path on top of it, then health, then the facades.
 pub mod db;
+pub mod health;
 mod session;
 mod store;
 pub mod write;
@@ -21,12 +22,13 @@ pub mod write;
 pub mod tempdb;
 
 pub use cache::CacheStats;
-pub use config::{CacheConfig, Config, OutagePolicy, SslMode, TtlPolicy};
+pub use config::{CacheConfig, Config, HealthConfig, OutagePolicy, SslMode, TtlPolicy};
 pub use db::migrate::{self, MigrationReport};
 pub use db::PoolStats;
 pub use error::{Error, ErrorKind, Result};
 pub use session::Session;
-pub use store::{MetricsSnapshot, Store};
+pub use health::{AlertEvent, HealthReport, MetricsSnapshot, Status};
+pub use store::Store;
 pub use value::{parse_writes, KeyWrite, StoredValue};
 pub use write::outage::{self, CloseReport, OutageStatus, Unflushed};
 pub use write::WriteTicket;

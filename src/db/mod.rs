@@ -8,6 +8,7 @@
 
 mod connect;
 pub mod migrate;
+pub mod health_sql;
 pub(crate) mod sql;
 mod tls;
 
@@ -30,7 +31,7 @@ pub(crate) struct Db {
 }
 
 /// Pool occupancy, as deadpool reports it.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct PoolStats {
     /// Configured maximum.
     pub max_size: usize,
