@@ -1,6 +1,7 @@
 //! Command-line parsing (clap) and dispatch to one module per subcommand.
 
 mod demo;
+mod health;
 mod tempdb;
 
 use std::process::ExitCode;
@@ -27,6 +28,9 @@ enum Command {
     /// Drive realistic Baileys traffic for several accounts, verify every byte, report figures.
     /// Without DATABASE_URL it starts a throwaway PostgreSQL itself.
     Demo(demo::Args),
+    /// Check the database and every live store process (which publish their figures to the
+    /// database); exit status 0 healthy, 1 warning, 2 critical.
+    Health(health::Args),
     /// Start a throwaway PostgreSQL, print one JSON line describing it, and keep it until
     /// stdin closes or a signal arrives (for test harnesses in other languages).
     Tempdb(tempdb::Args),
@@ -52,6 +56,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }),
         Command::Demo(args) => rt.block_on(demo::run(cli.database_url, args)),
         Command::Tempdb(args) => rt.block_on(tempdb::run(args)),
+        Command::Health(args) => {
+            Ok(rt.block_on(health::run(config(cli.database_url.as_deref()), args)))
+        }
     }
 }
 
