@@ -238,7 +238,10 @@ impl Inner {
         let mut report = HealthReport::new(self.config.describe(), checks);
         report.processes = views;
         if let Some(m) = m {
-            self.observe(&report.checks);
+            // A report about one company is not the store's state: it raises no alert.
+            if company.is_none() {
+                self.observe(&report.checks);
+            }
             report.process = Some(self.process_snapshot(m, mine));
         }
         Ok(report)
