@@ -26,8 +26,8 @@ pub use config::{CacheConfig, Config, HealthConfig, OutagePolicy, SslMode, TtlPo
 pub use db::migrate::{self, MigrationReport};
 pub use db::PoolStats;
 pub use error::{Error, ErrorKind, Result};
-pub use session::Session;
 pub use health::{AlertEvent, HealthReport, MetricsSnapshot, Status};
+pub use session::Session;
 pub use store::Store;
 pub use value::{parse_writes, KeyWrite, StoredValue};
 pub use write::outage::{self, CloseReport, OutageStatus, Unflushed};

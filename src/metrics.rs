@@ -298,7 +298,10 @@ mod tests {
         assert_eq!(m.slow_within(Duration::from_secs(60)), RECENT_EVENTS);
         let ops = m.ops();
         let get = ops.iter().find(|o| o.kind == "get").unwrap();
-        assert_eq!((get.count, get.slow), (RECENT_EVENTS as u64 + 6, RECENT_EVENTS as u64 + 5));
+        assert_eq!(
+            (get.count, get.slow),
+            (RECENT_EVENTS as u64 + 6, RECENT_EVENTS as u64 + 5)
+        );
         // One fast operation is under the 1 ms bucket bound... and every one under 10 s.
         assert_eq!(get.buckets.len(), LATENCY_BUCKETS.len());
         assert_eq!(*get.buckets.last().unwrap(), get.count);

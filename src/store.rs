@@ -19,8 +19,8 @@ use crate::health::alerts::Alerts;
 use crate::health::checks::{self, RoundTrip};
 use crate::health::process::{OutageSummary, ProcessIdentity, PUBLISHED_RECENT};
 use crate::health::{
-    AlertEvent, Check, HealthOptions, HealthReport, MetricsSnapshot, ProcessSnapshot,
-    ProcessView, Status,
+    AlertEvent, Check, HealthOptions, HealthReport, MetricsSnapshot, ProcessSnapshot, ProcessView,
+    Status,
 };
 use crate::metrics::{Metrics, PoolSample};
 use crate::session::Session;
@@ -178,7 +178,10 @@ impl Inner {
         let reachable = probe.is_ok();
         let mut checks = vec![checks::database(&probe)];
         let m = opts.this_process.then(|| self.metrics());
-        let mine = m.as_ref().map(|m| self.memory_checks(m)).unwrap_or_default();
+        let mine = m
+            .as_ref()
+            .map(|m| self.memory_checks(m))
+            .unwrap_or_default();
         let expired = if reachable {
             Some(
                 self.health_db

@@ -107,7 +107,12 @@ async fn slow_queries_warn_then_go_critical_and_alert() {
     let mut rx = store.subscribe_alerts();
 
     let r = store.health().await.unwrap();
-    assert_eq!(check(&r, "slow_queries").status, Status::Healthy, "{}", r.to_json());
+    assert_eq!(
+        check(&r, "slow_queries").status,
+        Status::Healthy,
+        "{}",
+        r.to_json()
+    );
     assert_eq!(r.status, Status::Healthy, "{}", r.to_json());
 
     one_slow_get(&store, &url, "a").await;
@@ -133,7 +138,12 @@ async fn slow_queries_warn_then_go_critical_and_alert() {
 
     one_slow_get(&store, &url, "c").await;
     let r = store.health().await.unwrap();
-    assert_eq!(check(&r, "slow_queries").status, Status::Critical, "{}", r.to_json());
+    assert_eq!(
+        check(&r, "slow_queries").status,
+        Status::Critical,
+        "{}",
+        r.to_json()
+    );
     assert_eq!(r.status, Status::Critical);
     // An escalation is raised at once, within the 5 minute cooldown.
     assert_eq!(
@@ -177,9 +187,9 @@ async fn a_pool_exhausted_by_held_connections_warns_then_goes_critical() {
     let mut gets = Vec::new();
     let mut get = |n: usize| {
         let s = s.clone();
-        gets.push(tokio::spawn(
-            async move { s.get("session", &[format!("id{n}")]).await },
-        ));
+        gets.push(tokio::spawn(async move {
+            s.get("session", &[format!("id{n}")]).await
+        }));
     };
 
     // Both connections held by calls blocked on the lock: 100 % in use.
@@ -269,7 +279,12 @@ async fn expired_keys_with_their_age_histogram_alerts_and_cooldown() {
 
     // Live keys (future expiry, or none) never count.
     let s = store.session("live").await.unwrap();
-    s.set(vec![KeyWrite::put("session", "a", StoredValue::from_json("1").unwrap()).unwrap()])
+    s.set(vec![KeyWrite::put(
+        "session",
+        "a",
+        StoredValue::from_json("1").unwrap(),
+    )
+    .unwrap()])
         .await
         .unwrap();
     sql.batch_execute(
@@ -391,7 +406,12 @@ async fn postgresql_stopped_is_critical_with_writes_pending() {
     assert_eq!(check(&r, "expired_keys").status, Status::Unknown);
 
     // A write meets the outage: kept, and the outage check says so.
-    s.set(vec![KeyWrite::put("session", "k", StoredValue::from_json("2").unwrap()).unwrap()])
+    s.set(vec![KeyWrite::put(
+        "session",
+        "k",
+        StoredValue::from_json("2").unwrap(),
+    )
+    .unwrap()])
         .await
         .unwrap();
     let r = store.health().await.unwrap();
@@ -428,7 +448,12 @@ async fn postgresql_stopped_is_critical_with_writes_pending() {
     })
     .await;
     let r = store.health().await.unwrap();
-    assert_eq!(check(&r, "database").status, Status::Healthy, "{}", r.to_json());
+    assert_eq!(
+        check(&r, "database").status,
+        Status::Healthy,
+        "{}",
+        r.to_json()
+    );
     assert_eq!(check(&r, "outage").status, Status::Healthy);
     store.close().await.unwrap();
 }
@@ -477,7 +502,10 @@ async fn the_cli_reports_json_and_a_table_with_exit_status_and_no_password() {
     assert_eq!(code, 1, "{out}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["status"], "warning");
-    assert_eq!(v["checks"][1]["details"]["by_age_since_expiry"]["1-7d"], 150);
+    assert_eq!(
+        v["checks"][1]["details"]["by_age_since_expiry"]["1-7d"],
+        150
+    );
 
     let (code, out) = cli(&["health", "--company", "other"], &with_pw).await;
     assert_eq!(code, 0, "{out}");
@@ -487,7 +515,10 @@ async fn the_cli_reports_json_and_a_table_with_exit_status_and_no_password() {
     assert_eq!(code, 2, "{out}");
     assert!(out.starts_with("authstate health: CRITICAL"), "{out}");
     assert!(out.contains("expired_keys   critical"), "{out}");
-    assert!(out.contains("-> Expired keys are not being deleted"), "{out}");
+    assert!(
+        out.contains("-> Expired keys are not being deleted"),
+        "{out}"
+    );
     assert!(!out.contains("n0t-pr1nted"), "password printed: {out}");
 
     let (code, out) = cli(&["health", "--company", "bad id!"], &with_pw).await;
@@ -524,7 +555,9 @@ async fn child_service() {
     }
     println!("READY");
     let mut line = String::new();
-    let _ = BufReader::new(tokio::io::stdin()).read_line(&mut line).await;
+    let _ = BufReader::new(tokio::io::stdin())
+        .read_line(&mut line)
+        .await;
     drop(s);
     store.close().await.unwrap();
 }
@@ -573,7 +606,12 @@ async fn a_second_process_is_seen_by_the_cli() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|o| (o["kind"].as_str().unwrap().to_string(), o["count"].as_u64().unwrap()))
+            .map(|o| {
+                (
+                    o["kind"].as_str().unwrap().to_string(),
+                    o["count"].as_u64().unwrap(),
+                )
+            })
             .collect();
         if ops.get("set") == Some(&7) && ops.get("get") == Some(&5) {
             seen = Some(p.clone());
@@ -590,7 +628,10 @@ async fn a_second_process_is_seen_by_the_cli() {
     assert_eq!(p["snapshot"]["pool"]["max_size"], 20);
     let (code, table) = cli(&["health"], &url).await;
     assert_eq!(code, 0, "{table}");
-    assert!(table.contains("STORE PROCESSES (1 live, 0 gone)"), "{table}");
+    assert!(
+        table.contains("STORE PROCESSES (1 live, 0 gone)"),
+        "{table}"
+    );
     assert!(table.contains(&child_pid.to_string()), "{table}");
 
     // A clean close removes the row.
@@ -639,7 +680,9 @@ fn parse_prometheus(text: &str) -> prometheus_parse::Scrape {
             }
             continue;
         }
-        let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {l}"));
+        let (series, value) = l
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {l}"));
         assert!(
             value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
             "bad value in {l}"
@@ -668,10 +711,13 @@ fn parse_prometheus(text: &str) -> prometheus_parse::Scrape {
                             .any(|s| name == format!("{f}{s}")))
             })
             .unwrap_or_else(|| panic!("sample of an undeclared family: {l}"));
-        assert_eq!(&families.last().unwrap().0, &family.0, "samples out of their family: {l}");
+        assert_eq!(
+            &families.last().unwrap().0,
+            &family.0,
+            "samples out of their family: {l}"
+        );
     }
-    let scrape =
-        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
     assert!(!scrape.samples.is_empty());
     scrape
 }
@@ -680,12 +726,7 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
     let s = scrape
         .samples
         .iter()
-        .find(|s| {
-            s.metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(k) == Some(*v))
-        })
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
         .unwrap_or_else(|| panic!("no sample {name} {labels:?}"));
     match s.value {
         prometheus_parse::Value::Counter(v)
@@ -726,7 +767,11 @@ async fn prometheus_text_parses_and_matches_the_metrics() {
         2.0
     );
     assert_eq!(
-        sample(&scrape, "authstate_operation_errors_total", &[("op", "get")]),
+        sample(
+            &scrape,
+            "authstate_operation_errors_total",
+            &[("op", "get")]
+        ),
         0.0
     );
     assert_eq!(
@@ -752,13 +797,15 @@ async fn prometheus_text_parses_and_matches_the_metrics() {
         .samples
         .iter()
         .find(|s| {
-            s.metric == "authstate_operation_duration_seconds"
-                && s.labels.get("op") == Some("set")
+            s.metric == "authstate_operation_duration_seconds" && s.labels.get("op") == Some("set")
         })
         .expect("histogram of set");
     match &hist.value {
         prometheus_parse::Value::Histogram(buckets) => {
-            let inf = buckets.iter().find(|b| b.less_than == f64::INFINITY).unwrap();
+            let inf = buckets
+                .iter()
+                .find(|b| b.less_than == f64::INFINITY)
+                .unwrap();
             assert_eq!(inf.count, 4.0);
             assert!(buckets.windows(2).all(|w| w[0].count <= w[1].count));
         }
@@ -798,7 +845,8 @@ async fn explain_expired_query_on_a_million_keys() {
     let text: Vec<String> = plan.iter().map(|r| r.get::<_, String>(0)).collect();
     println!("{}", text.join("\n"));
     assert!(
-        text.iter().any(|l| l.contains("whatsapp_keys_expires_at_idx")),
+        text.iter()
+            .any(|l| l.contains("whatsapp_keys_expires_at_idx")),
         "the plan does not use the expiry index"
     );
     let n: i64 = sql

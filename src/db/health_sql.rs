@@ -169,9 +169,8 @@ pub(crate) async fn list_processes(client: &impl GenericClient) -> Result<Vec<Pr
     let rows = client.query(SQL, &[]).await?;
     rows.iter()
         .map(|r| {
-            let get = |e: tokio_postgres::Error| {
-                Error::database(format!("authstate_processes row: {e}"))
-            };
+            let get =
+                |e: tokio_postgres::Error| Error::database(format!("authstate_processes row: {e}"));
             Ok(ProcessRow {
                 instance: r.try_get(0).map_err(get)?,
                 host: r.try_get(1).map_err(get)?,

@@ -7,8 +7,8 @@
 //! [`sql`]; schema migrations in [`migrate`].
 
 mod connect;
-pub mod migrate;
 pub mod health_sql;
+pub mod migrate;
 pub(crate) mod sql;
 mod tls;
 

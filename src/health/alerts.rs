@@ -112,7 +112,8 @@ impl Alerts {
             if c.status == k.alerted {
                 continue;
             }
-            let cooled = k.at.is_none_or(|at| now.duration_since(at) >= self.cooldown(&c.name));
+            let cooled =
+                k.at.is_none_or(|at| now.duration_since(at) >= self.cooldown(&c.name));
             // Within the cooldown only an escalation is raised.
             if !cooled && c.status < k.alerted {
                 continue;
@@ -164,7 +165,10 @@ mod tests {
         assert!(a.observe(&[c(POOL, Status::Healthy)]).is_empty());
         let up = a.observe(&[c(POOL, Status::Warning)]);
         assert_eq!(up.len(), 1);
-        assert_eq!((up[0].previous, up[0].status), (Status::Healthy, Status::Warning));
+        assert_eq!(
+            (up[0].previous, up[0].status),
+            (Status::Healthy, Status::Warning)
+        );
         // Escalation: at once, despite the 5 min cooldown.
         assert_eq!(a.observe(&[c(POOL, Status::Critical)]).len(), 1);
         // Recovery within the cooldown: held back; unknown changes nothing.

@@ -116,7 +116,8 @@ pub fn slow_queries(in_window: usize, recent: &[RecentEvent], cfg: &HealthConfig
     let window = fmt_duration(cfg.slow_window);
     let threshold = fmt_duration(cfg.slow_query);
     let slowest = recent.iter().max_by_key(|e| e.duration_us);
-    let mut summary = format!("{in_window} operation(s) slower than {threshold} in the last {window}");
+    let mut summary =
+        format!("{in_window} operation(s) slower than {threshold} in the last {window}");
     if let (Some(s), true) = (slowest, in_window > 0) {
         summary.push_str(&format!(
             "; slowest recent: {} {}",
@@ -309,7 +310,10 @@ pub fn outage(o: &OutageStatus) -> Check {
     } else {
         (
             Status::Healthy,
-            format!("database up, nothing pending; {} outage(s) since start", o.outages),
+            format!(
+                "database up, nothing pending; {} outage(s) since start",
+                o.outages
+            ),
             "",
         )
     };
@@ -343,7 +347,12 @@ pub fn processes(views: &[ProcessView]) -> Check {
                 .filter(|c| c.status == worst)
                 .map(|c| format!("{}: {}", c.name, c.summary))
                 .collect();
-            format!("{}:{} ({})", v.snapshot.id.host, v.snapshot.id.pid, what.join("; "))
+            format!(
+                "{}:{} ({})",
+                v.snapshot.id.host,
+                v.snapshot.id.pid,
+                what.join("; ")
+            )
         })
         .collect();
     let mut summary = format!("{} live store process(es), {gone} gone", live.len());
@@ -390,9 +399,18 @@ mod tests {
                 truncated: false,
             })
         };
-        assert_eq!(expired_keys(Some(&e(100)), None, &cfg()).status, Status::Healthy);
-        assert_eq!(expired_keys(Some(&e(101)), None, &cfg()).status, Status::Warning);
-        assert_eq!(expired_keys(Some(&e(501)), None, &cfg()).status, Status::Critical);
+        assert_eq!(
+            expired_keys(Some(&e(100)), None, &cfg()).status,
+            Status::Healthy
+        );
+        assert_eq!(
+            expired_keys(Some(&e(101)), None, &cfg()).status,
+            Status::Warning
+        );
+        assert_eq!(
+            expired_keys(Some(&e(501)), None, &cfg()).status,
+            Status::Critical
+        );
         assert_eq!(expired_keys(None, None, &cfg()).status, Status::Unknown);
     }
 
@@ -418,7 +436,10 @@ mod tests {
         ];
         for c in checks {
             assert_ne!(c.status, Status::Healthy, "{c:?}");
-            assert!(c.recommendation.as_deref().is_some_and(|r| r.len() > 20), "{c:?}");
+            assert!(
+                c.recommendation.as_deref().is_some_and(|r| r.len() > 20),
+                "{c:?}"
+            );
         }
         assert_eq!(outage(&OutageStatus::default()).recommendation, None);
     }

@@ -67,7 +67,13 @@ impl Status {
     pub fn worst(statuses: impl IntoIterator<Item = Status>) -> Status {
         statuses
             .into_iter()
-            .map(|s| if s == Status::Unknown { Status::Healthy } else { s })
+            .map(|s| {
+                if s == Status::Unknown {
+                    Status::Healthy
+                } else {
+                    s
+                }
+            })
             .max()
             .unwrap_or(Status::Healthy)
     }

@@ -59,9 +59,13 @@ impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> R {
         let s = &self.m;
         let e = &mut enc;
-        per_op(e, s, "authstate_operations", "Store operations by kind.", |o| {
-            o.count
-        })?;
+        per_op(
+            e,
+            s,
+            "authstate_operations",
+            "Store operations by kind.",
+            |o| o.count,
+        )?;
         per_op(
             e,
             s,
@@ -102,23 +106,110 @@ impl Collector for Snapshot {
             }
         }
         let p = &s.pool;
-        gauge(e, "authstate_pool_max_connections", "Configured pool size.", None, p.max_size as f64)?;
-        gauge(e, "authstate_pool_open_connections", "Connections open.", None, p.size as f64)?;
-        gauge(e, "authstate_pool_idle_connections", "Connections open and idle.", None, p.available as f64)?;
-        gauge(e, "authstate_pool_waiting_callers", "Callers waiting for a connection.", None, p.waiting as f64)?;
+        gauge(
+            e,
+            "authstate_pool_max_connections",
+            "Configured pool size.",
+            None,
+            p.max_size as f64,
+        )?;
+        gauge(
+            e,
+            "authstate_pool_open_connections",
+            "Connections open.",
+            None,
+            p.size as f64,
+        )?;
+        gauge(
+            e,
+            "authstate_pool_idle_connections",
+            "Connections open and idle.",
+            None,
+            p.available as f64,
+        )?;
+        gauge(
+            e,
+            "authstate_pool_waiting_callers",
+            "Callers waiting for a connection.",
+            None,
+            p.waiting as f64,
+        )?;
         let c = &s.cache;
-        gauge(e, "authstate_cache_entries", "Read cache entries.", None, c.entries as f64)?;
-        gauge(e, "authstate_cache", "Bytes held by the read cache.", Some(Unit::Bytes), c.bytes as f64)?;
-        counter(e, "authstate_cache_hits", "Lookups answered from the cache.", c.hits)?;
-        counter(e, "authstate_cache_misses", "Lookups that went to the database.", c.misses)?;
+        gauge(
+            e,
+            "authstate_cache_entries",
+            "Read cache entries.",
+            None,
+            c.entries as f64,
+        )?;
+        gauge(
+            e,
+            "authstate_cache",
+            "Bytes held by the read cache.",
+            Some(Unit::Bytes),
+            c.bytes as f64,
+        )?;
+        counter(
+            e,
+            "authstate_cache_hits",
+            "Lookups answered from the cache.",
+            c.hits,
+        )?;
+        counter(
+            e,
+            "authstate_cache_misses",
+            "Lookups that went to the database.",
+            c.misses,
+        )?;
         let o = &s.outage;
-        gauge(e, "authstate_outage_active", "1 while the database is unreachable (outage mode).", None, if o.down { 1.0 } else { 0.0 })?;
-        gauge(e, "authstate_outage_duration", "Length of the current outage.", Some(Unit::Seconds), o.down_for_ms as f64 / 1e3)?;
-        counter(e, "authstate_outages", "Outages since the store opened.", o.outages)?;
-        gauge(e, "authstate_pending_calls", "Write calls kept during an outage, not yet replayed.", None, o.pending_calls as f64)?;
-        gauge(e, "authstate_pending", "Bytes of writes kept during an outage.", Some(Unit::Bytes), o.pending_bytes as f64)?;
-        gauge(e, "authstate_journal", "Size of the outage journal file.", Some(Unit::Bytes), o.journal_bytes as f64)?;
-        gauge(e, "authstate_companies_open", "Companies with a live session.", None, s.companies_open as f64)?;
+        gauge(
+            e,
+            "authstate_outage_active",
+            "1 while the database is unreachable (outage mode).",
+            None,
+            if o.down { 1.0 } else { 0.0 },
+        )?;
+        gauge(
+            e,
+            "authstate_outage_duration",
+            "Length of the current outage.",
+            Some(Unit::Seconds),
+            o.down_for_ms as f64 / 1e3,
+        )?;
+        counter(
+            e,
+            "authstate_outages",
+            "Outages since the store opened.",
+            o.outages,
+        )?;
+        gauge(
+            e,
+            "authstate_pending_calls",
+            "Write calls kept during an outage, not yet replayed.",
+            None,
+            o.pending_calls as f64,
+        )?;
+        gauge(
+            e,
+            "authstate_pending",
+            "Bytes of writes kept during an outage.",
+            Some(Unit::Bytes),
+            o.pending_bytes as f64,
+        )?;
+        gauge(
+            e,
+            "authstate_journal",
+            "Size of the outage journal file.",
+            Some(Unit::Bytes),
+            o.journal_bytes as f64,
+        )?;
+        gauge(
+            e,
+            "authstate_companies_open",
+            "Companies with a live session.",
+            None,
+            s.companies_open as f64,
+        )?;
         gauge(
             e,
             "authstate_slow_operations_in_window",
@@ -145,7 +236,10 @@ impl Collector for Snapshot {
 /// The exposition text of `snapshot`, plus the last status of each of `checks`.
 pub fn render(snapshot: MetricsSnapshot, checks: Vec<Check>) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Snapshot { m: snapshot, checks }));
+    registry.register_collector(Box::new(Snapshot {
+        m: snapshot,
+        checks,
+    }));
     let mut out = String::new();
     // Writing into a String cannot fail; an encoder error would be a bug in a metric above.
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {

@@ -65,7 +65,11 @@ fn ops_table(out: &mut String, indent: &str, ops: &[OpSnapshot]) {
 }
 
 fn events(out: &mut String, indent: &str, title: &str, list: &[RecentEvent]) {
-    let _ = writeln!(out, "{indent}{title}: {}", if list.is_empty() { "none" } else { "" });
+    let _ = writeln!(
+        out,
+        "{indent}{title}: {}",
+        if list.is_empty() { "none" } else { "" }
+    );
     for e in list.iter().rev() {
         let _ = writeln!(
             out,
