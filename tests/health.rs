@@ -521,6 +521,30 @@ async fn the_cli_reports_json_and_a_table_with_exit_status_and_no_password() {
     );
     assert!(!out.contains("n0t-pr1nted"), "password printed: {out}");
 
+    // --watch: one JSON document per line per period; an interrupt ends it with the status
+    // of the last report.
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_authstate"))
+        .args(["health", "--json", "--watch", "1"])
+        .env("DATABASE_URL", &with_pw)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    for _ in 0..2 {
+        let l = lines.next_line().await.unwrap().unwrap();
+        let v: Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["status"], "critical");
+    }
+    let interrupted = tokio::process::Command::new("kill")
+        .args(["-INT", &watch.id().unwrap().to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(interrupted.success());
+    assert_eq!(watch.wait().await.unwrap().code(), Some(2));
+
     let (code, out) = cli(&["health", "--company", "bad id!"], &with_pw).await;
     assert_eq!(code, 3, "{out}");
     let (code, out) = cli(&["health", "--no-such-flag"], &with_pw).await;
@@ -634,6 +658,59 @@ async fn a_second_process_is_seen_by_the_cli() {
     );
     assert!(table.contains(&child_pid.to_string()), "{table}");
 
+    // A process killed without closing leaves its row; once it stops being updated (three
+    // publish periods) the tool shows it as gone, without judging the report by it.
+    let mut victim = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_service",
+            "--exact",
+            "--nocapture",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env(CHILD_URL, &url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let victim_pid = victim.id().unwrap();
+    let mut vlines = BufReader::new(victim.stdout.take().unwrap()).lines();
+    while let Some(l) = vlines.next_line().await.unwrap() {
+        if l.trim_end().ends_with("READY") {
+            break;
+        }
+    }
+    let victim_row = async || {
+        let (_, out) = cli(&["health", "--json"], &url).await;
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["processes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["snapshot"]["pid"] == victim_pid)
+            .cloned()
+    };
+    until("the victim's snapshot", async || {
+        victim_row().await.is_some()
+    })
+    .await;
+    victim.start_kill().unwrap();
+    victim.wait().await.unwrap();
+    until("the killed process to show as gone", async || {
+        victim_row().await.is_some_and(|p| p["live"] == false)
+    })
+    .await;
+    let (code, table) = cli(&["health"], &url).await;
+    assert_eq!(
+        code, 0,
+        "a gone process does not make the report unhealthy: {table}"
+    );
+    assert!(
+        table.contains("STORE PROCESSES (1 live, 1 gone)"),
+        "{table}"
+    );
+
     // A clean close removes the row.
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"\n").await.unwrap();
@@ -641,7 +718,13 @@ async fn a_second_process_is_seen_by_the_cli() {
     assert!(child.wait().await.unwrap().success());
     let (_, out) = cli(&["health", "--json"], &url).await;
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert!(v.get("processes").is_none(), "{out}");
+    let pids: Vec<&Value> = v["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| &p["snapshot"]["pid"])
+        .collect();
+    assert_eq!(pids, [&Value::from(victim_pid)], "{out}");
 }
 
 // ---------------------------------------------------------------------------------------------
