@@ -523,37 +523,48 @@ async fn watch(inner: Weak<Inner>) {
             (
                 h.sample_interval.max(Duration::from_millis(100)),
                 h.db_check_interval,
-                h.publish_interval,
+                h.publish_interval
+                    .map(|p| p.max(Duration::from_millis(100))),
             )
         }
         None => return,
     };
-    let mut last_db = Instant::now();
-    let mut last_publish: Option<Instant> = None;
+    let start = Instant::now();
+    let mut next_sample = start;
+    let mut next_db = start + db_every;
+    // The first snapshot at once, so the command-line tool sees a new process right away.
+    let mut next_publish = publish_every.map(|_| start);
+    let mut first_publish = true;
     loop {
         {
             let Some(inner) = inner.upgrade() else { return };
-            inner.sample_pool();
-            if last_db.elapsed() >= db_every {
-                last_db = Instant::now();
-                let opts = HealthOptions {
-                    this_process: true,
-                    ..HealthOptions::default()
-                };
-                let _ = inner.health(&opts).await;
-            } else {
-                let m = inner.metrics();
-                inner.observe(&inner.memory_checks(&m));
+            let now = Instant::now();
+            if now >= next_sample {
+                next_sample = now + sample;
+                inner.sample_pool();
+                if now >= next_db {
+                    next_db = now + db_every;
+                    let opts = HealthOptions {
+                        this_process: true,
+                        ..HealthOptions::default()
+                    };
+                    let _ = inner.health(&opts).await;
+                } else {
+                    let m = inner.metrics();
+                    inner.observe(&inner.memory_checks(&m));
+                }
             }
-            if let Some(every) = publish_every {
-                if last_publish.is_none_or(|t| t.elapsed() >= every) {
-                    if let Err(e) = inner.publish(last_publish.is_none()).await {
+            if let (Some(due), Some(every)) = (next_publish, publish_every) {
+                if Instant::now() >= due {
+                    if let Err(e) = inner.publish(first_publish).await {
                         tracing::debug!(error = %e, "could not publish the process snapshot");
                     }
-                    last_publish = Some(Instant::now());
+                    first_publish = false;
+                    next_publish = Some(Instant::now() + every);
                 }
             }
         }
-        tokio::time::sleep(sample).await;
+        let wake = next_publish.map_or(next_sample, |p| p.min(next_sample));
+        tokio::time::sleep_until(wake.into()).await;
     }
 }

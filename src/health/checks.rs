@@ -49,15 +49,19 @@ fn with(mut c: Check, details: serde_json::Value) -> Check {
     c
 }
 
-/// Human duration: `850 us`, `12.3 ms`, `1.2 s`, `3 min`.
+/// Human duration: `850 us`, `12.3 ms`, `500 ms`, `1.2 s`, `3 min`.
 pub fn fmt_duration(d: Duration) -> String {
     let us = d.as_micros();
+    let one = |v: f64, unit: &str| {
+        let t = format!("{v:.1}");
+        format!("{} {unit}", t.strip_suffix(".0").unwrap_or(&t))
+    };
     if us < 1_000 {
         format!("{us} us")
     } else if us < 1_000_000 {
-        format!("{:.1} ms", us as f64 / 1e3)
+        one(us as f64 / 1e3, "ms")
     } else if us < 120_000_000 {
-        format!("{:.1} s", us as f64 / 1e6)
+        one(us as f64 / 1e6, "s")
     } else {
         format!("{} min", us / 60_000_000)
     }
@@ -375,6 +379,14 @@ mod tests {
 
     fn cfg() -> HealthConfig {
         HealthConfig::default()
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(fmt_duration(Duration::from_micros(850)), "850 us");
+        assert_eq!(fmt_duration(Duration::from_millis(500)), "500 ms");
+        assert_eq!(fmt_duration(Duration::from_micros(12_345)), "12.3 ms");
+        assert_eq!(fmt_duration(Duration::from_secs(300)), "5 min");
     }
 
     #[test]
