@@ -140,7 +140,9 @@ pub struct HealthConfig {
     pub expired_warning: u64,
     /// More expired keys than this is critical.
     pub expired_critical: u64,
-    /// Most expired rows the histogram query reads (it says when it stopped there).
+    /// Most expired rows the histogram query reads (it says when it stopped there): far above
+    /// the critical threshold, and it bounds the cost of the background check that runs every
+    /// `db_check_interval` (an index-only range scan of at most this many entries).
     pub expired_scan_limit: u64,
     /// Least time between two alerts about slow queries (also the database and outage).
     pub cooldown_queries: Duration,
@@ -168,7 +170,7 @@ impl Default for HealthConfig {
             pool_waiting_critical: 5,
             expired_warning: 100,
             expired_critical: 500,
-            expired_scan_limit: 1_000_000,
+            expired_scan_limit: 100_000,
             cooldown_queries: Duration::from_secs(300),
             cooldown_pool: Duration::from_secs(300),
             cooldown_expired: Duration::from_secs(1800),
