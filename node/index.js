@@ -319,7 +319,12 @@ Store.prototype._watchAlerts = function (event) {
       this._alertTimer = undefined
       return
     }
-    try { this._drainAlerts() } catch (e) { this.emit('error', toAuthError(e)) }
+    try {
+      this._drainAlerts()
+    } catch (e) {
+      // An 'error' event without a listener would throw from the timer and end the process.
+      if (this.listenerCount('error') > 0) this.emit('error', toAuthError(e))
+    }
   }, ALERT_POLL_MS)
   this._alertTimer.unref()
 }
