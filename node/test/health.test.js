@@ -83,6 +83,22 @@ test('expired keys: age histogram, alerts, cooldowns', { timeout: 120000 }, asyn
   await store.close()
 })
 
+test("alerts of the store's background checks reach 'alert' listeners without a health() call", { timeout: 120000 }, async (t) => {
+  const db = await freshDatabase()
+  t.after(() => db.close())
+  const setup = await openStore({ url: db.url, health: quiet })
+  await setup.migrate()
+  await setup.close()
+  await insertExpired(db, 'bg', 120, '2 days')
+  const store = await openStore({ url: db.url, health: { sampleIntervalMs: 100, dbCheckIntervalMs: 100, publishIntervalMs: 0 } })
+  const events = []
+  store.on('alert', (e) => events.push(e))
+  await until('the background alert', () => events.some((e) => e.kind === 'expired_keys'))
+  assert.deepEqual(ofKind(events, 'expired_keys'), [['healthy', 'warning']])
+  assert.match(events.find((e) => e.kind === 'expired_keys').summary, /120 expired/)
+  await store.close()
+})
+
 test('slow queries behind a table lock, and a pool exhausted by calls blocked on it', { timeout: 120000 }, async (t) => {
   const db = await freshDatabase()
   t.after(() => db.close())
