@@ -193,6 +193,63 @@ authstate_status authstate_store_stats(const authstate_store *store,
 void authstate_store_close(authstate_store *store);
 
 /**
+ * The store's health report as JSON: `{"status": "healthy"|"warning"|"critical", "checks":
+ * [{"name", "status", "summary", "recommendation"?, "details"}...], "process": {...}}`.
+ *
+ * It asks the database (reachability, round trip, expired keys) on a connection of its own;
+ * an unreachable database is a `critical` check in the report, not an error status. Making
+ * a report also raises alerts (see `authstate_store_poll_alert`).
+ *
+ * Ownership: `store` is borrowed for the call. On `AUTHSTATE_OK`, `*json_out` receives a new
+ * NUL-terminated string owned by the caller, to be released with `authstate_string_free`; on
+ * any other status `*json_out` is left unchanged.
+ *
+ * # Safety
+ *
+ * `store` is NULL or a live handle; `json_out` is NULL or points to writable storage for one
+ * pointer.
+ */
+authstate_status authstate_store_health_json(const authstate_store *store,
+                                             char **json_out);
+
+/**
+ * The oldest alert not yet polled, as one line of JSON: `{"kind", "status", "previous",
+ * "summary", "recommendation"?, "at_unix_ms"}`. An alert is raised when a health check
+ * changes state (at most one per kind per cooldown; escalations at once), by the store's
+ * background checks or by `authstate_store_health_json`.
+ *
+ * Returns `AUTHSTATE_NOT_FOUND` when no alert is pending.
+ *
+ * Ownership: `store` is borrowed for the call. On `AUTHSTATE_OK`, `*json_out` receives a new
+ * NUL-terminated string owned by the caller, to be released with `authstate_string_free`; on
+ * any other status `*json_out` is left unchanged.
+ *
+ * # Safety
+ *
+ * `store` is NULL or a live handle; `json_out` is NULL or points to writable storage for one
+ * pointer.
+ */
+authstate_status authstate_store_poll_alert(const authstate_store *store,
+                                            char **json_out);
+
+/**
+ * The store's metrics in the Prometheus text format (OpenMetrics 1.0: serve it with
+ * `Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8`). No database
+ * round trip.
+ *
+ * Ownership: `store` is borrowed for the call. On `AUTHSTATE_OK`, `*text_out` receives a new
+ * NUL-terminated string owned by the caller, to be released with `authstate_string_free`; on
+ * any other status `*text_out` is left unchanged.
+ *
+ * # Safety
+ *
+ * `store` is NULL or a live handle; `text_out` is NULL or points to writable storage for one
+ * pointer.
+ */
+authstate_status authstate_store_prometheus(const authstate_store *store,
+                                            char **text_out);
+
+/**
  * Opens the session of one company (one WhatsApp account).
  *
  * `company_id` must be 1 to 50 characters of `A-Z a-z 0-9 _ -`; anything else gives

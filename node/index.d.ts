@@ -7,6 +7,7 @@ import type {
   SignalDataSet,
   SignalDataTypeMap
 } from 'baileys'
+import { EventEmitter } from 'node:events'
 
 /** Stable error codes: `EAUTHSTATE_` + the core's `ErrorKind::code()` (test/errors.test.js checks this union against the addon's list). */
 export type AuthStateErrorCode =
@@ -94,7 +95,7 @@ export declare class Session {
   close(): Promise<void>
 }
 
-export declare class Store {
+export declare class Store extends EventEmitter {
   private constructor()
   migrate(): Promise<MigrationReport>
   session(companyId: string): Promise<Session>
@@ -106,6 +107,16 @@ export declare class Store {
   /** Every key id of one type of a company, fetched in pages ordered by id. */
   listKeyIds(companyId: string, type: string, pageSize?: number): AsyncGenerator<string>
   close(): Promise<CloseReport>
+  // ---- health (issue 12) ----
+  /** The health report: database checks and this process's checks and metrics. */
+  health(): Promise<HealthReport>
+  /** The metrics in the Prometheus text format; serve with PROMETHEUS_CONTENT_TYPE. */
+  prometheus(): string
+  /** 'alert': a health check changed state (per-kind cooldowns apply). */
+  on(event: 'alert', listener: (alert: AlertEvent) => void): this
+  on(event: string | symbol, listener: (...args: any[]) => void): this
+  addListener(event: 'alert', listener: (alert: AlertEvent) => void): this
+  addListener(event: string | symbol, listener: (...args: any[]) => void): this
 }
 
 /** Per key type statistics. */
@@ -167,3 +178,59 @@ export declare const native: NativeBinding
 
 /** @internal converts any error to an AuthStateError */
 export declare function __toAuthError(e: unknown): AuthStateError
+
+// ---- health (issue 12) ------------------------------------------------------------------------
+
+/** `openStore({ health })`: intervals and alert cooldowns, milliseconds. */
+export interface HealthOptions {
+  /** Pool sampling and in-memory checks (default 10000). */
+  sampleIntervalMs?: number
+  /** Background checks that ask the database (default 60000). */
+  dbCheckIntervalMs?: number
+  /** Process snapshot for `authstate health` (default 15000; 0 = never). */
+  publishIntervalMs?: number
+  /** Bound of one health query (default 5000). */
+  queryTimeoutMs?: number
+  /** Cooldown of slow-query, database and outage alerts (default 300000). */
+  cooldownQueriesMs?: number
+  /** Cooldown of pool alerts (default 300000). */
+  cooldownPoolMs?: number
+  /** Cooldown of expired-key alerts (default 1800000). */
+  cooldownExpiredMs?: number
+}
+
+export interface OpenStoreOptions {
+  health?: HealthOptions
+}
+
+export type HealthStatus = 'healthy' | 'unknown' | 'warning' | 'critical'
+
+export interface HealthCheck {
+  name: 'database' | 'slow_queries' | 'pool' | 'expired_keys' | 'outage' | 'processes' | (string & {})
+  status: HealthStatus
+  summary: string
+  /** Present whenever the status is not healthy. */
+  recommendation?: string
+  details: Record<string, unknown>
+}
+
+export interface HealthReport {
+  status: 'healthy' | 'warning' | 'critical'
+  checked_at_unix_ms: number
+  database: string
+  checks: HealthCheck[]
+  /** This process: operations, pool, cache, outage, recent slow operations and errors. */
+  process?: Record<string, unknown>
+}
+
+export interface AlertEvent {
+  kind: string
+  status: HealthStatus
+  previous: HealthStatus
+  summary: string
+  recommendation?: string
+  at_unix_ms: number
+}
+
+/** The Content-Type of `store.prometheus()`'s text (OpenMetrics 1.0). */
+export declare const PROMETHEUS_CONTENT_TYPE: string

@@ -408,7 +408,77 @@ function getQueryMetrics () {
   return sharedOpen ? sharedOpen.metrics() : null
 }
 
+// ---- Health (issue 12): store.health(), store.on('alert', fn), store.prometheus() --------
+// Alerts are raised in the core (a check changed state, with per-kind cooldowns); this block
+// only hands them to listeners. While an 'alert' listener exists, a timer (unref'd: it never
+// keeps the process alive) polls the core's queue every ALERT_POLL_MS; `health()` also
+// delivers the alerts it raised before it resolves.
+
+const { EventEmitter } = require('node:events')
+
+const ALERT_POLL_MS = 1000
+Object.setPrototypeOf(Store.prototype, EventEmitter.prototype)
+
+Store.prototype._drainAlerts = function () {
+  if (this.listenerCount('alert') === 0) return
+  for (let text = this._native.pollAlert(); text != null; text = this._native.pollAlert()) {
+    this.emit('alert', JSON.parse(text))
+  }
+}
+
+// Starts the poll timer with the first 'alert' listener (`once` goes through `on`); the timer
+// stops itself once no listener is left.
+Store.prototype._watchAlerts = function (event) {
+  if (event !== 'alert' || this._alertTimer || this._healthClosed) return
+  this._alertTimer = setInterval(() => {
+    if (this.listenerCount('alert') === 0) {
+      clearInterval(this._alertTimer)
+      this._alertTimer = undefined
+      return
+    }
+    try {
+      this._drainAlerts()
+    } catch (e) {
+      // An 'error' event without a listener would throw from the timer and end the process.
+      if (this.listenerCount('error') > 0) this.emit('error', toAuthError(e))
+    }
+  }, ALERT_POLL_MS)
+  this._alertTimer.unref()
+}
+
+for (const method of ['on', 'addListener']) {
+  const base = EventEmitter.prototype[method]
+  Store.prototype[method] = function (event, listener) {
+    base.call(this, event, listener)
+    this._watchAlerts(event)
+    return this
+  }
+}
+
+Store.prototype.health = function () {
+  return call(() => this._native.health()).then((text) => {
+    this._drainAlerts()
+    return JSON.parse(text)
+  })
+}
+
+Store.prototype.prometheus = function () {
+  return syncCall(() => this._native.prometheus())
+}
+
+const closeWithoutAlerts = Store.prototype.close
+Store.prototype.close = function () {
+  this._healthClosed = true
+  if (this._alertTimer) clearInterval(this._alertTimer)
+  this._alertTimer = undefined
+  return closeWithoutAlerts.call(this)
+}
+
+/** The Content-Type of `store.prometheus()`'s text (OpenMetrics 1.0). */
+const PROMETHEUS_CONTENT_TYPE = 'application/openmetrics-text; version=1.0.0; charset=utf-8'
+
 module.exports = {
+  PROMETHEUS_CONTENT_TYPE,
   openStore,
   usePostgresAuthState,
   useTimewebAuthState,

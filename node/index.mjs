@@ -13,6 +13,7 @@ export const {
   closeSharedStore,
   AuthStateError,
   ERROR_CODES,
+  PROMETHEUS_CONTENT_TYPE,
   bufferReplacer,
   bufferReviver,
   Store,

@@ -44,6 +44,12 @@ export declare class NativeStore {
   listPage(companyId: string, keyType: string, after: string | undefined | null, limit: number, values: boolean): Promise<ListPage>
   /** Flushes what is pending and closes the pool; resolves to the close report as JSON text. */
   close(): Promise<string>
+  /** The health report (database checks and this process); resolves to JSON text. */
+  health(): object
+  /** The oldest alert not yet polled, as JSON text; `null` when none is pending. */
+  pollAlert(): string | null
+  /** The metrics in the Prometheus text format (no database work). */
+  prometheus(): string
 }
 /** One company's auth state: the core's [`Session`]. */
 export declare class NativeSession {

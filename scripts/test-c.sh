@@ -123,8 +123,9 @@ build_c harness bindings/c/test_harness.c
 gcc "${CFLAGS[@]}" -fsanitize=address -fno-omit-frame-pointer bindings/c/test_harness.c \
     -o "$OUT/harness-asan" "$LIBDIR/libauthstate.a" "${STATIC_LIBS[@]}" -pthread
 # The dynamic build must not need the static one's symbols and vice versa.
-if ldd "$OUT/harness-static" | grep -q libauthstate; then die "harness-static links the .so"; fi
-ldd "$OUT/harness-dyn" | grep -q libauthstate.so || die "harness-dyn does not link the .so"
+# grep without -q reads all of ldd's output: with pipefail, -q could fail the pipe on SIGPIPE.
+if ldd "$OUT/harness-static" | grep libauthstate >/dev/null; then die "harness-static links the .so"; fi
+ldd "$OUT/harness-dyn" | grep libauthstate.so >/dev/null || die "harness-dyn does not link the .so"
 
 # ---- database ----------------------------------------------------------------------------------
 CREATED_DBS=()

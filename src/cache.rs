@@ -155,7 +155,7 @@ impl Cache {
 }
 
 /// A snapshot of the cache's size and effectiveness.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct CacheStats {
     /// Entries held.
     pub entries: usize,

@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::directory::{Change, KeyDirectory};
+use crate::directory::{Change, DirectoryStats, KeyDirectory};
 use crate::value::StoredValue;
 
 /// The shared state of one company.
@@ -66,6 +66,12 @@ impl Companies {
         }
     }
 
+    /// Companies with a live session (or pending writes) in this process.
+    pub(crate) fn open_count(&self) -> usize {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter(|w| w.strong_count() > 0).count()
+    }
+
     /// The shared state of `id` (already validated), created on first use.
     pub(crate) fn get(&self, id: &str) -> Arc<Company> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -89,16 +95,20 @@ impl Companies {
 
 impl Companies {
     /// Companies with a loaded key directory, their keys, and the bytes the directories take.
-    pub(crate) fn directory_stats(&self) -> (usize, usize, usize) {
+    pub(crate) fn directory_stats(&self) -> DirectoryStats {
         let live: Vec<Arc<Company>> = {
             let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
             map.values().filter_map(Weak::upgrade).collect()
         };
-        live.iter().fold((0, 0, 0), |(c, k, b), co| {
+        let mut stats = DirectoryStats::default();
+        for co in &live {
             let d = co.directory();
             let (keys, bytes) = d.size();
-            (c + usize::from(d.is_loaded()), k + keys, b + bytes)
-        })
+            stats.companies += usize::from(d.is_loaded());
+            stats.keys += keys;
+            stats.bytes += bytes;
+        }
+        stats
     }
 }
 

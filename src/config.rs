@@ -122,6 +122,66 @@ impl Default for CacheConfig {
     }
 }
 
+/// Health thresholds (production's values by default), alert cooldowns, and how often the
+/// store samples itself and publishes its process snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// An operation slower than this is a slow query (warning).
+    pub slow_query: Duration,
+    /// This many slow queries within [`HealthConfig::slow_window`] are critical.
+    pub slow_critical_count: usize,
+    /// The window in which slow queries are counted.
+    pub slow_window: Duration,
+    /// Pool usage (connections in use / maximum) above this is a warning.
+    pub pool_usage_warning: f64,
+    /// More callers than this waiting for a connection is critical.
+    pub pool_waiting_critical: usize,
+    /// More expired keys than this is a warning.
+    pub expired_warning: u64,
+    /// More expired keys than this is critical.
+    pub expired_critical: u64,
+    /// Most expired rows the histogram query reads (it says when it stopped there): far above
+    /// the critical threshold, and it bounds the cost of the background check that runs every
+    /// `db_check_interval` (an index-only range scan of at most this many entries).
+    pub expired_scan_limit: u64,
+    /// Least time between two alerts about slow queries (also the database and outage).
+    pub cooldown_queries: Duration,
+    /// Least time between two alerts about the pool.
+    pub cooldown_pool: Duration,
+    /// Least time between two alerts about expired keys.
+    pub cooldown_expired: Duration,
+    /// How often the pool is sampled and the in-memory checks run (alerts without callers).
+    pub sample_interval: Duration,
+    /// How often the background checks also ask the database (reachability, expired keys).
+    pub db_check_interval: Duration,
+    /// How long one health query may take before its check is reported unknown.
+    pub query_timeout: Duration,
+    /// How often the process snapshot is written to `authstate_processes`; `None`: never.
+    pub publish_interval: Option<Duration>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            slow_query: Duration::from_millis(500),
+            slow_critical_count: 3,
+            slow_window: Duration::from_secs(300),
+            pool_usage_warning: 0.8,
+            pool_waiting_critical: 5,
+            expired_warning: 100,
+            expired_critical: 500,
+            expired_scan_limit: 100_000,
+            cooldown_queries: Duration::from_secs(300),
+            cooldown_pool: Duration::from_secs(300),
+            cooldown_expired: Duration::from_secs(1800),
+            sample_interval: Duration::from_secs(10),
+            db_check_interval: Duration::from_secs(60),
+            query_timeout: Duration::from_secs(5),
+            publish_interval: Some(Duration::from_secs(15)),
+        }
+    }
+}
+
 /// Everything the store needs to run. Build it with [`Config::from_env`] or [`Config::from_url`]
 /// and adjust the public fields.
 #[derive(Clone)]
@@ -159,6 +219,8 @@ pub struct Config {
     /// Run the operator cleanup (`authstate cleanup`) (default types and batch) in-process this often; `None`
     /// (the default) leaves cleanup to `authstate cleanup`.
     pub cleanup_every: Option<Duration>,
+    /// Health thresholds, alert cooldowns and the process snapshot.
+    pub health: HealthConfig,
 }
 
 impl fmt::Debug for Config {
@@ -178,6 +240,7 @@ impl fmt::Debug for Config {
             .field("journal_path", &self.journal_path)
             .field("max_pending_bytes", &self.max_pending_bytes)
             .field("cleanup_every", &self.cleanup_every)
+            .field("health", &self.health)
             .finish_non_exhaustive()
     }
 }
@@ -201,6 +264,7 @@ impl Config {
             journal_path: None,
             max_pending_bytes: 64 * 1024 * 1024,
             cleanup_every: None,
+            health: HealthConfig::default(),
         }
     }
 

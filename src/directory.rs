@@ -35,6 +35,18 @@ pub(crate) fn key_hash(key_type: &str, id: &str) -> u128 {
     (u128::from(one(a)) << 64) | u128::from(one(b))
 }
 
+/// Size of the in-memory key directories of a store (see the README's outage section).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct DirectoryStats {
+    /// Open companies whose directory is loaded.
+    pub companies: usize,
+    /// Keys known across them.
+    pub keys: usize,
+    /// Estimated bytes the directories take.
+    pub bytes: usize,
+}
+
 /// A change to the directory, recorded while a load is running.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Change {

@@ -12,8 +12,9 @@ pub mod metrics;
 pub mod validate;
 mod value;
 
-// The database layer, then the write path on top of it, then the facades.
+// The database layer, then the write path on top of it, then health, then the facades.
 pub mod db;
+pub mod health;
 mod session;
 mod store;
 pub mod write;
@@ -25,12 +26,14 @@ pub mod ops;
 pub mod tempdb;
 
 pub use cache::CacheStats;
-pub use config::{CacheConfig, Config, OutagePolicy, SslMode, TtlPolicy};
+pub use config::{CacheConfig, Config, HealthConfig, OutagePolicy, SslMode, TtlPolicy};
 pub use db::migrate::{self, MigrationReport};
 pub use db::PoolStats;
+pub use directory::DirectoryStats;
 pub use error::{Error, ErrorKind, Result};
+pub use health::{AlertEvent, HealthReport, MetricsSnapshot, Status};
 pub use session::Session;
-pub use store::{DirectoryStats, MetricsSnapshot, Store};
+pub use store::Store;
 pub use value::{json_object, parse_writes, KeyWrite, StoredValue};
 pub use write::outage::{self, CloseReport, OutageStatus, Unflushed};
 pub use write::WriteTicket;

@@ -14,7 +14,14 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let args = cli::Cli::parse();
+    // Usage errors exit 64 (EX_USAGE), not clap's 2: `authstate health` exits 2 for critical.
+    let args = match cli::Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -68,7 +68,7 @@ impl Session {
         let result = self.load_creds_inner().await;
         self.wp
             .metrics
-            .record("creds_load", started.elapsed(), result.is_ok());
+            .record_result("creds_load", started.elapsed(), &result);
         result
     }
 
@@ -140,7 +140,7 @@ impl Session {
         let result = self.get_inner(key_type, &ids).await;
         self.wp
             .metrics
-            .record("get", started.elapsed(), result.is_ok());
+            .record_result("get", started.elapsed(), &result);
         result
     }
 

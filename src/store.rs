@@ -7,28 +7,44 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
-use crate::cache::{Cache, CacheStats};
+use crate::cache::Cache;
 use crate::company::{Companies, Company};
 use crate::config::Config;
 use crate::db::migrate::{self, MigrationReport};
-use crate::db::sql;
-use crate::db::{Db, PoolStats};
+use crate::db::{health_sql, sql, Db};
 use crate::directory::key_hash;
 use crate::error::{Error, Result};
-use crate::metrics::{Metrics, OpSnapshot};
+use crate::health::alerts::Alerts;
+use crate::health::checks::{self, RoundTrip};
+use crate::health::process::{OutageSummary, ProcessIdentity, PUBLISHED_RECENT};
+use crate::health::{
+    AlertEvent, Check, HealthOptions, HealthReport, MetricsSnapshot, ProcessSnapshot, ProcessView,
+    Status,
+};
+use crate::metrics::{Metrics, PoolSample};
 use crate::session::Session;
 use crate::validate;
-use crate::write::outage::{self, CloseReport, OutageStatus};
+use crate::write::outage::{self, CloseReport};
 use crate::write::WritePath;
+
+/// Rows of `authstate_processes` not updated for this long are deleted by any store.
+const PROCESS_ROW_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 
 struct Inner {
     config: Config,
     db: Arc<Db>,
+    /// A one-connection pool of its own for health checks and process snapshots, so that a
+    /// saturated main pool neither delays them nor is counted by them.
+    health_db: Arc<Db>,
     wp: Arc<WritePath>,
-    /// Background tasks of the store itself (the idle-connection reaper).
+    alerts: Alerts,
+    identity: ProcessIdentity,
+    /// The checks of the last evaluation, for the Prometheus status gauge.
+    last_checks: Mutex<Vec<Check>>,
+    /// Background tasks of the store itself (the idle-connection reaper, the health watch).
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Set by the first `close`; later calls return at once.
     closing: AtomicBool,
@@ -43,6 +59,224 @@ impl Inner {
             tasks.push(t);
         }
         tasks
+    }
+
+    fn metrics(&self) -> MetricsSnapshot {
+        let wp = &self.wp;
+        let (recent_slow, recent_errors) = wp.metrics.recent();
+        MetricsSnapshot {
+            ops: wp.metrics.ops(),
+            pool: self.db.pool_stats(),
+            pool_history: wp.metrics.pool_history(),
+            cache: wp.cache.stats(),
+            outage: wp.outage.status(),
+            slow_in_window: wp.metrics.slow_within(self.config.health.slow_window),
+            recent_slow,
+            recent_errors,
+            companies_open: wp.companies.open_count(),
+            directory: wp.companies.directory_stats(),
+        }
+    }
+
+    /// The checks judged from memory alone: slow queries, pool, outage.
+    fn memory_checks(&self, m: &MetricsSnapshot) -> Vec<Check> {
+        let cfg = &self.config.health;
+        vec![
+            checks::slow_queries(m.slow_in_window, &m.recent_slow, cfg),
+            checks::pool(m.pool, &m.pool_history, cfg),
+            checks::outage(&m.outage),
+        ]
+    }
+
+    fn process_snapshot(&self, m: MetricsSnapshot, checks: Vec<Check>) -> ProcessSnapshot {
+        let tail = |v: Vec<_>| {
+            let skip = v.len().saturating_sub(PUBLISHED_RECENT);
+            v.into_iter().skip(skip).collect()
+        };
+        ProcessSnapshot {
+            id: self.identity.clone(),
+            updated_at_unix_ms: crate::metrics::now_unix_ms(),
+            publish_interval_ms: self
+                .config
+                .health
+                .publish_interval
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            status: Status::worst(checks.iter().map(|c| c.status)),
+            checks,
+            pool_peak_in_use_1h: m
+                .pool_history
+                .iter()
+                .map(|s| s.size.saturating_sub(s.available))
+                .max()
+                .unwrap_or(0),
+            ops: m.ops,
+            pool: m.pool,
+            cache: m.cache,
+            outage: OutageSummary {
+                down: m.outage.down,
+                down_for_ms: m.outage.down_for_ms,
+                pending_calls: m.outage.pending_calls,
+                pending_bytes: m.outage.pending_bytes,
+                journal_bytes: m.outage.journal_bytes,
+                outages: m.outage.outages,
+            },
+            companies_open: m.companies_open,
+            slow_in_window: m.slow_in_window,
+            recent_slow: tail(m.recent_slow),
+            recent_errors: tail(m.recent_errors),
+        }
+    }
+
+    fn sample_pool(&self) {
+        let p = self.db.pool_stats();
+        self.wp.metrics.sample_pool(PoolSample {
+            at_unix_ms: crate::metrics::now_unix_ms(),
+            max_size: p.max_size,
+            size: p.size,
+            available: p.available,
+            waiting: p.waiting,
+        });
+    }
+
+    /// Feeds `checks` to the alerts (this process's own checks only) and keeps them.
+    fn observe(&self, checks: &[Check]) -> Vec<AlertEvent> {
+        let raised = self.alerts.observe(checks);
+        let mut last = self.last_checks.lock().unwrap_or_else(|p| p.into_inner());
+        for c in checks {
+            match last.iter_mut().find(|l| l.name == c.name) {
+                Some(l) => *l = c.clone(),
+                None => last.push(c.clone()),
+            }
+        }
+        raised
+    }
+
+    /// One `SELECT 1` on the health connection, timed.
+    async fn probe(&self) -> Result<RoundTrip> {
+        let started = Instant::now();
+        let rtt = self
+            .health_db
+            .call("health probe", async |c| {
+                let t = Instant::now();
+                sql::probe(c).await?;
+                Ok(t.elapsed())
+            })
+            .await?;
+        Ok(RoundTrip {
+            rtt,
+            connect: started.elapsed().saturating_sub(rtt),
+        })
+    }
+
+    async fn health(&self, opts: &HealthOptions) -> Result<HealthReport> {
+        let cfg = &self.config.health;
+        let company = match &opts.company {
+            Some(c) => {
+                validate::company_id(c)?;
+                Some(c.as_str())
+            }
+            None => None,
+        };
+        let probe = self.probe().await;
+        let reachable = probe.is_ok();
+        let mut checks = vec![checks::database(&probe)];
+        let m = opts.this_process.then(|| self.metrics());
+        let mine = m
+            .as_ref()
+            .map(|m| self.memory_checks(m))
+            .unwrap_or_default();
+        let expired = if reachable {
+            Some(
+                self.health_db
+                    .call("count expired keys", async |c| {
+                        health_sql::expired_histogram(&*c, company, cfg.expired_scan_limit).await
+                    })
+                    .await,
+            )
+        } else {
+            None
+        };
+        let (slow_pool, outage_check) = match mine.split_last() {
+            Some((o, rest)) => (rest.to_vec(), Some(o.clone())),
+            None => (Vec::new(), None),
+        };
+        checks.extend(slow_pool);
+        checks.push(checks::expired_keys(expired.as_ref(), company, cfg));
+        checks.extend(outage_check);
+        let mut views = Vec::new();
+        if opts.processes {
+            let listed = if reachable {
+                Some(
+                    self.health_db
+                        .call("list store processes", async |c| {
+                            health_sql::list_processes(&*c).await
+                        })
+                        .await,
+                )
+            } else {
+                None
+            };
+            checks.push(match listed {
+                None => Check {
+                    name: checks::PROCESSES.into(),
+                    status: Status::Unknown,
+                    summary: "not read: the database is unreachable".into(),
+                    recommendation: None,
+                    details: serde_json::json!({}),
+                },
+                Some(Err(e)) => Check {
+                    name: checks::PROCESSES.into(),
+                    status: Status::Warning,
+                    summary: format!("process snapshots could not be read: {e}"),
+                    recommendation: Some(
+                        "Apply the migrations (`authstate migrate`): migration 0004 creates \
+                         authstate_processes, where running stores publish their figures."
+                            .into(),
+                    ),
+                    details: serde_json::json!({ "error": e.to_string() }),
+                },
+                Some(Ok(rows)) => {
+                    views = rows.iter().filter_map(ProcessView::from_row).collect();
+                    checks::processes(&views)
+                }
+            });
+        }
+        let mut report = HealthReport::new(self.config.describe(), checks);
+        report.processes = views;
+        if let Some(m) = m {
+            // A report about one company is not the store's state: it raises no alert.
+            if company.is_none() {
+                self.observe(&report.checks);
+            }
+            report.process = Some(self.process_snapshot(m, mine));
+        }
+        Ok(report)
+    }
+
+    /// Writes this process's snapshot row (and removes rows of processes gone for a day).
+    async fn publish(&self, first: bool) -> Result<()> {
+        let m = self.metrics();
+        let checks = self.memory_checks(&m);
+        let snap = self.process_snapshot(m, checks);
+        let json = serde_json::to_string(&snap)?;
+        let id = &self.identity;
+        self.health_db
+            .call("publish process snapshot", async |c| {
+                if first {
+                    health_sql::remove_processes(&*c, None, Some(PROCESS_ROW_EXPIRY.as_secs_f64()))
+                        .await?;
+                }
+                health_sql::publish_process(
+                    &*c,
+                    &id.instance,
+                    &id.host,
+                    id.pid,
+                    id.started_at_unix_ms,
+                    &json,
+                )
+                .await
+            })
+            .await
     }
 }
 
@@ -76,39 +310,6 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Everything the store measured, for health reports and benchmarks. No database round trip.
-#[derive(Debug, Clone, Serialize)]
-pub struct MetricsSnapshot {
-    /// Per operation kind.
-    pub ops: Vec<OpSnapshot>,
-    /// Connection pool.
-    pub pool: PoolStats,
-    /// Read cache.
-    pub cache: CacheStats,
-    /// Outage state and pending writes.
-    pub outage: OutageStatus,
-    /// The key directories that answer "absent" during an outage.
-    pub directory: DirectoryStats,
-}
-
-/// Size of the in-memory key directories (see the README's outage section).
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
-pub struct DirectoryStats {
-    /// Open companies whose directory is loaded.
-    pub companies: usize,
-    /// Keys known across them.
-    pub keys: usize,
-    /// Estimated bytes the directories take.
-    pub bytes: usize,
-}
-
-impl MetricsSnapshot {
-    /// The snapshot of one operation kind, if any was recorded.
-    pub fn op(&self, kind: &str) -> Option<&OpSnapshot> {
-        self.ops.iter().find(|o| o.kind == kind)
-    }
-}
-
 impl Store {
     /// Opens the pool and starts the writer lanes on the current tokio runtime.
     ///
@@ -126,7 +327,7 @@ impl Store {
             &config,
             db.clone(),
             Arc::new(Cache::new(config.cache)),
-            Arc::new(Metrics::default()),
+            Arc::new(Metrics::new(config.health.slow_query)),
             Arc::new(Companies::new(lanes)),
         )?;
         // Fail fast on a wrong address or password; an unreachable server with a journal to
@@ -152,13 +353,27 @@ impl Store {
             // Replay before anything else; if it fails the reconnect loop keeps trying.
             let _ = outage::try_recover(&wp).await;
         }
+        let mut health_config = config.clone();
+        health_config.pool_size = 1;
+        health_config.statement_timeout = config.health.query_timeout;
+        let health_db = Arc::new(Db::new(&health_config)?);
         let inner = Arc::new(Inner {
+            alerts: Alerts::new(&config.health),
             config,
             db,
+            health_db,
             wp,
+            identity: ProcessIdentity::new(),
+            last_checks: Mutex::new(Vec::new()),
             tasks: Mutex::new(tasks),
             closing: AtomicBool::new(false),
         });
+        let watch = tokio::spawn(watch(Arc::downgrade(&inner)));
+        inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(watch);
         let guard = Arc::new(ShutdownOnDrop(inner.clone()));
         Ok(Store { inner, guard })
     }
@@ -174,7 +389,7 @@ impl Store {
         self.inner
             .wp
             .metrics
-            .record("migrate", started.elapsed(), result.is_ok());
+            .record_result("migrate", started.elapsed(), &result);
         result
     }
 
@@ -244,23 +459,63 @@ impl Store {
         &self.inner.config
     }
 
-    /// Counts, latencies, pool, cache and outage state; no database round trip.
+    /// Counts, latencies, pool (with its last hour), cache, outage state, recent slow
+    /// operations and errors; no database round trip.
     pub fn metrics(&self) -> MetricsSnapshot {
-        let wp = &self.inner.wp;
-        MetricsSnapshot {
-            ops: wp.metrics.ops(),
-            pool: self.inner.db.pool_stats(),
-            cache: wp.cache.stats(),
-            outage: wp.outage.status(),
-            directory: {
-                let (companies, keys, bytes) = wp.companies.directory_stats();
-                DirectoryStats {
-                    companies,
-                    keys,
-                    bytes,
-                }
-            },
+        self.inner.metrics()
+    }
+
+    /// The health report of this process: the database (reachable, round trip, expired keys
+    /// with their age histogram, by one bounded query on a connection of its own) and this
+    /// process's slow queries, pool and outage, with its metrics. Feeds the alerts. Database
+    /// failures are critical checks, not errors; the error is only for a closed store.
+    pub async fn health(&self) -> Result<HealthReport> {
+        self.health_with(&HealthOptions {
+            this_process: true,
+            ..HealthOptions::default()
+        })
+        .await
+    }
+
+    /// A health report with the parts `opts` asks for; `authstate health` asks for every
+    /// published process snapshot instead of this process.
+    pub async fn health_with(&self, opts: &HealthOptions) -> Result<HealthReport> {
+        if self.inner.closing.load(Ordering::Acquire) || self.inner.wp.is_closed() {
+            return Err(Error::closed("the store is closed"));
         }
+        self.inner.health(opts).await
+    }
+
+    /// Alerts raised from now on (a check changed state; see [`crate::health::alerts`]). The
+    /// store checks itself in the background (every `health.sample_interval` from memory,
+    /// every `health.db_check_interval` with the database), and on every [`Store::health`].
+    pub fn subscribe_alerts(&self) -> broadcast::Receiver<AlertEvent> {
+        self.inner.alerts.subscribe()
+    }
+
+    /// The oldest alert not yet polled (alerts are also kept for polling, up to
+    /// [`crate::health::alerts::POLL_QUEUE`]).
+    pub fn poll_alert(&self) -> Option<AlertEvent> {
+        self.inner.alerts.poll()
+    }
+
+    /// The metrics in the Prometheus text format (OpenMetrics 1.0; serve it with
+    /// [`crate::health::prometheus::CONTENT_TYPE`]); no database round trip.
+    pub fn prometheus(&self) -> String {
+        let checks = self
+            .inner
+            .last_checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        crate::health::prometheus::render(self.inner.metrics(), checks)
+    }
+
+    /// What this process publishes to `authstate_processes` (without writing it).
+    pub fn process_snapshot(&self) -> ProcessSnapshot {
+        let m = self.inner.metrics();
+        let checks = self.inner.memory_checks(&m);
+        self.inner.process_snapshot(m, checks)
     }
 
     /// Finishes queued writes, flushes writes kept during an outage (one attempt), closes the
@@ -278,6 +533,18 @@ impl Store {
         }
         let report = self.inner.wp.close().await;
         self.inner.db.close().await;
+        if self.inner.config.health.publish_interval.is_some() {
+            // A clean close removes this process from `authstate health`; one attempt.
+            let instance = self.inner.identity.instance.as_str();
+            let _ = self
+                .inner
+                .health_db
+                .call("remove process snapshot", async |c| {
+                    health_sql::remove_processes(&*c, Some(instance), None).await
+                })
+                .await;
+        }
+        self.inner.health_db.close().await;
         Ok(report)
     }
 }
@@ -315,5 +582,61 @@ async fn reap_idle(db: Weak<Db>, idle: Duration) {
         tokio::time::sleep(period).await;
         let Some(db) = db.upgrade() else { return };
         db.close_idle(idle);
+    }
+}
+
+/// The store's health watch: samples the pool and judges this process from memory every
+/// `sample_interval` (raising alerts without anyone asking), asks the database every
+/// `db_check_interval`, and publishes the process snapshot every `publish_interval`.
+async fn watch(inner: Weak<Inner>) {
+    let (sample, db_every, publish_every) = match inner.upgrade() {
+        Some(i) => {
+            let h = &i.config.health;
+            (
+                h.sample_interval.max(Duration::from_millis(100)),
+                h.db_check_interval,
+                h.publish_interval
+                    .map(|p| p.max(Duration::from_millis(100))),
+            )
+        }
+        None => return,
+    };
+    let start = Instant::now();
+    let mut next_sample = start;
+    let mut next_db = start + db_every;
+    // The first snapshot at once, so the command-line tool sees a new process right away.
+    let mut next_publish = publish_every.map(|_| start);
+    let mut first_publish = true;
+    loop {
+        {
+            let Some(inner) = inner.upgrade() else { return };
+            let now = Instant::now();
+            if now >= next_sample {
+                next_sample = now + sample;
+                inner.sample_pool();
+                if now >= next_db {
+                    next_db = now + db_every;
+                    let opts = HealthOptions {
+                        this_process: true,
+                        ..HealthOptions::default()
+                    };
+                    let _ = inner.health(&opts).await;
+                } else {
+                    let m = inner.metrics();
+                    inner.observe(&inner.memory_checks(&m));
+                }
+            }
+            if let (Some(due), Some(every)) = (next_publish, publish_every) {
+                if Instant::now() >= due {
+                    if let Err(e) = inner.publish(first_publish).await {
+                        tracing::debug!(error = %e, "could not publish the process snapshot");
+                    }
+                    first_publish = false;
+                    next_publish = Some(Instant::now() + every);
+                }
+            }
+        }
+        let wake = next_publish.map_or(next_sample, |p| p.min(next_sample));
+        tokio::time::sleep_until(wake.into()).await;
     }
 }

@@ -141,7 +141,7 @@ fn the_module_graph_of_src_has_no_cycle() {
 #[test]
 fn the_database_layer_and_the_leaves_depend_on_nothing_above_them() {
     let graph = module_graph();
-    let above = ["write", "session", "store", "ops", "tempdb"];
+    let above = ["write", "health", "session", "store", "ops", "tempdb"];
     for low in [
         "db", "cache", "metrics", "company", "codec", "value", "validate", "config", "error",
     ] {

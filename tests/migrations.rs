@@ -19,8 +19,12 @@ fn embedded_list_matches_the_migrations_folder() {
         .map(|m| format!("{:04}_{}.sql", m.version, m.name))
         .collect();
     assert_eq!(files, embedded);
-    for (i, m) in MIGRATIONS.iter().enumerate() {
-        assert_eq!(m.version, i as i64 + 1, "versions are consecutive");
+    // Numbers are reserved per piece of work (0003 lease, 0004 health, 0005 performance), so
+    // a branch may carry a later number before an earlier one lands: increasing is the rule.
+    for w in MIGRATIONS.windows(2) {
+        assert!(w[0].version < w[1].version, "versions increase");
+    }
+    for m in MIGRATIONS {
         let on_disk = std::fs::read_to_string(format!(
             "{}/migrations/{:04}_{}.sql",
             env!("CARGO_MANIFEST_DIR"),

@@ -670,6 +670,59 @@ static void test_use_after_store_close(void) {
     authstate_session_close(se);
 }
 
+/* Health report, alerts and Prometheus text: 150 expired rows inserted by SQL make the
+ * expired_keys check a warning, which raises an alert that the poll function hands out once. */
+static void test_health(authstate_store *st) {
+    char *out = SENTINEL;
+    EXPECT(authstate_store_health_json(NULL, &out), AUTHSTATE_INVALID);
+    EXPECT(authstate_store_health_json(st, NULL), AUTHSTATE_INVALID);
+    EXPECT(authstate_store_poll_alert(NULL, &out), AUTHSTATE_INVALID);
+    EXPECT(authstate_store_prometheus(st, NULL), AUTHSTATE_INVALID);
+    CHECK(out == SENTINEL, "out untouched on failure");
+
+    int rc = run_sql("INSERT INTO whatsapp_keys (company_id, key_type, key_id, value, expires_at) "
+                     "SELECT 'c-health', 'pre-key', 'x' || g, '{}'::jsonb, now() - interval '2 days' "
+                     "FROM generate_series(1, 150) g;");
+    CHECK(rc == 0, "psql insert of expired rows exited %d", rc);
+
+    char *report = NULL;
+    EXPECT(authstate_store_health_json(st, &report), AUTHSTATE_OK);
+    CHECK(report && strstr(report, "\"name\": \"database\"") && strstr(report, "\"checks\""),
+          "health report: %s", report ? report : "(null)");
+    CHECK(report && strstr(report, "\"1-7d\": 150"), "expired histogram: %s",
+          report ? report : "(null)");
+    authstate_string_free(report);
+
+    /* Drain the alerts: the expired-keys warning is among them, each handed out once. */
+    int expired_warnings = 0, n = 0;
+    for (;;) {
+        char *alert = SENTINEL;
+        authstate_status s = authstate_store_poll_alert(st, &alert);
+        if (s == AUTHSTATE_NOT_FOUND) {
+            CHECK(alert == SENTINEL, "out untouched on NOT_FOUND");
+            break;
+        }
+        EXPECT(s, AUTHSTATE_OK);
+        if (s != AUTHSTATE_OK || ++n > 100)
+            break;
+        if (strstr(alert, "\"kind\":\"expired_keys\"") && strstr(alert, "\"status\":\"warning\""))
+            expired_warnings++;
+        authstate_string_free(alert);
+    }
+    CHECK(expired_warnings == 1, "%d expired_keys warning alerts, want 1", expired_warnings);
+
+    char *text = NULL;
+    EXPECT(authstate_store_prometheus(st, &text), AUTHSTATE_OK);
+    CHECK(text && strstr(text, "# TYPE authstate_pool_max_connections gauge") &&
+              strstr(text, "authstate_health_status{check=\"expired_keys\"} 1") &&
+              strstr(text, "# EOF"),
+          "prometheus text: %s", text ? text : "(null)");
+    authstate_string_free(text);
+
+    rc = run_sql("DELETE FROM whatsapp_keys WHERE company_id = 'c-health';");
+    CHECK(rc == 0, "psql delete exited %d", rc);
+}
+
 int main(void) {
     test_url = getenv("AUTHSTATE_TEST_URL");
     if (!test_url || !*test_url) {
@@ -696,6 +749,7 @@ int main(void) {
     EXPECT(authstate_store_migrate(st), AUTHSTATE_OK);
     EXPECT(authstate_store_migrate(st), AUTHSTATE_OK); /* idempotent */
 
+    test_health(st);
     test_session_bad_input(st);
     test_creds(st);
     test_keys_bad_input(st);

@@ -174,6 +174,7 @@ fn config_from_options(options: &Map<String, Value>) -> authstate::Result<Config
                     }
                 }
             }
+            "health" => health_options(&mut cfg, v)?,
             other => {
                 return Err(authstate::Error::invalid(format!(
                     "unknown option {other:?}"
@@ -475,4 +476,61 @@ pub struct ListPage {
     pub json: String,
     /// The `after` of the next page; absent at the end.
     pub next: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health (issue 12): the report, alerts and Prometheus text. Kept together at the end of the
+// file so it merges apart from the other addon work; index.js wraps these in `store.health()`,
+// `store.on('alert', fn)` and `store.prometheus()`.
+
+/// `openStore({ health: {...} })`: thresholds' companions that a service may tune (intervals
+/// and cooldowns, in milliseconds; `publishIntervalMs: 0` publishes no process snapshot).
+fn health_options(cfg: &mut Config, v: &Value) -> authstate::Result<()> {
+    let Value::Object(h) = v else {
+        return Err(authstate::Error::invalid("option health must be an object"));
+    };
+    let hc = &mut cfg.health;
+    for (name, v) in h {
+        let full = format!("health.{name}");
+        match name.as_str() {
+            "sampleIntervalMs" => hc.sample_interval = opt_ms(v, &full)?,
+            "dbCheckIntervalMs" => hc.db_check_interval = opt_ms(v, &full)?,
+            "publishIntervalMs" => {
+                let d = opt_ms(v, &full)?;
+                hc.publish_interval = (!d.is_zero()).then_some(d);
+            }
+            "queryTimeoutMs" => hc.query_timeout = opt_ms(v, &full)?,
+            "cooldownQueriesMs" => hc.cooldown_queries = opt_ms(v, &full)?,
+            "cooldownPoolMs" => hc.cooldown_pool = opt_ms(v, &full)?,
+            "cooldownExpiredMs" => hc.cooldown_expired = opt_ms(v, &full)?,
+            other => {
+                return Err(authstate::Error::invalid(format!(
+                    "unknown option health.{other}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+#[napi]
+impl NativeStore {
+    /// The health report (database checks and this process); resolves to JSON text.
+    #[napi(catch_unwind)]
+    pub fn health(&self, env: Env) -> napi::Result<JsObject> {
+        let store = self.store.clone();
+        promise(&env, async move { Ok(store.health().await?.to_json()) })
+    }
+
+    /// The oldest alert not yet polled, as JSON text; `null` when none is pending.
+    #[napi(catch_unwind)]
+    pub fn poll_alert(&self) -> Option<String> {
+        self.store.poll_alert().map(|a| a.to_json())
+    }
+
+    /// The metrics in the Prometheus text format (no database work).
+    #[napi(catch_unwind)]
+    pub fn prometheus(&self) -> String {
+        self.store.prometheus()
+    }
 }

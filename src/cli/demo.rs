@@ -77,6 +77,8 @@ pub async fn run(url: Option<String>, args: Args) -> Result<ExitCode> {
     }
     let elapsed = started.elapsed();
     let metrics = store.metrics();
+    // The operators' view of this run, shown last: checks plus this process's figures.
+    let health = store.health().await?;
     store.close().await?;
 
     // Read everything back through a fresh store (empty cache): what PostgreSQL really holds.
@@ -136,6 +138,8 @@ pub async fn run(url: Option<String>, args: Args) -> Result<ExitCode> {
     for w in wrong.iter().take(10) {
         println!("  WRONG: {w}");
     }
+    println!();
+    print!("{}", health.to_table(false));
     Ok(if wrong.is_empty() {
         ExitCode::SUCCESS
     } else {

@@ -3,6 +3,7 @@
 mod cleanup;
 mod copy;
 mod demo;
+mod health;
 mod keys;
 mod tempdb;
 mod transfer;
@@ -31,6 +32,9 @@ enum Command {
     /// Drive realistic Baileys traffic for several accounts, verify every byte, report figures.
     /// Without DATABASE_URL it starts a throwaway PostgreSQL itself.
     Demo(demo::Args),
+    /// Check the database and every live store process (which publish their figures to the
+    /// database); exit status 0 healthy, 1 warning, 2 critical.
+    Health(health::Args),
     /// Start a throwaway PostgreSQL, print one JSON line describing it, and keep it until
     /// stdin closes or a signal arrives (for test harnesses in other languages).
     Tempdb(tempdb::Args),
@@ -78,6 +82,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cleanup(args) => rt.block_on(cleanup::run(config(url)?, args)),
         Command::Keys(args) => rt.block_on(keys::run(config(url)?, args)),
         Command::Remove(args) => rt.block_on(keys::remove(config(url)?, args)),
+        Command::Health(args) => {
+            Ok(rt.block_on(health::run(config(cli.database_url.as_deref()), args)))
+        }
     }
 }
 

@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "expiry_index",
         sql: include_str!("../../migrations/0002_expiry_index.sql"),
     },
+    Migration {
+        version: 4,
+        name: "process_snapshots",
+        sql: include_str!("../../migrations/0004_process_snapshots.sql"),
+    },
 ];
 
 /// Advisory lock key: "authstate" as a number, so other tools' locks do not collide.

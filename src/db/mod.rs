@@ -8,6 +8,7 @@
 
 pub mod admin;
 mod connect;
+pub mod health_sql;
 pub mod migrate;
 pub(crate) mod sql;
 mod tls;
@@ -32,7 +33,7 @@ pub(crate) struct Db {
 }
 
 /// Pool occupancy, as deadpool reports it.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct PoolStats {
     /// Configured maximum.
     pub max_size: usize,

@@ -73,7 +73,7 @@ async fn process(wp: &Arc<WritePath>, mut batch: Vec<Request>) {
     let started = Instant::now();
     let result = commit::commit(wp, &ops).await;
     wp.metrics
-        .record("commit", started.elapsed(), result.is_ok());
+        .record_result("commit", started.elapsed(), &result);
     match result {
         Ok(()) => {
             commit::apply_committed(wp, &ops);

@@ -137,7 +137,7 @@ impl WriteTicket {
             }),
         };
         if let Some((metrics, kind, started)) = self.timing {
-            metrics.record(kind, started.elapsed(), result.is_ok());
+            metrics.record_result(kind, started.elapsed(), &result);
         }
         result
     }

@@ -41,6 +41,8 @@ mod runtime;
 // blank lines keep rustfmt from sorting these.
 mod store;
 
+mod health;
+
 mod session;
 
 mod string;
@@ -50,6 +52,9 @@ mod status;
 mod last_error;
 
 pub use handle::{authstate_session, authstate_store};
+pub use health::{
+    authstate_store_health_json, authstate_store_poll_alert, authstate_store_prometheus,
+};
 pub use last_error::authstate_last_error;
 pub use session::{
     authstate_creds_load, authstate_creds_save, authstate_keys_get, authstate_keys_set,
