@@ -33,6 +33,7 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use serde_json::ser::{CompactFormatter, Formatter};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -105,10 +106,10 @@ pub fn to_text(value: &Value) -> Result<String> {
 /// `Number::toString` writes the double JavaScript would read.
 struct JsNumbers;
 
-impl serde_json::ser::Formatter for JsNumbers {
+impl Formatter for JsNumbers {
     fn write_i64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, n: i64) -> std::io::Result<()> {
         if n.unsigned_abs() <= MAX_SAFE_INTEGER {
-            write!(w, "{n}")
+            CompactFormatter.write_i64(w, n)
         } else {
             // `as` rounds to nearest, ties to even: what JSON.parse does with the digits.
             write_js_number(w, n as f64)
@@ -117,7 +118,7 @@ impl serde_json::ser::Formatter for JsNumbers {
 
     fn write_u64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, n: u64) -> std::io::Result<()> {
         if n <= MAX_SAFE_INTEGER {
-            write!(w, "{n}")
+            CompactFormatter.write_u64(w, n)
         } else {
             write_js_number(w, n as f64)
         }
