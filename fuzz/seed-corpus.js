@@ -39,9 +39,14 @@ const numbers = [
   '18446744073709551616', '1.7976931348623157e308', '1.7976931348623159e308', '1e400',
   '5e-324', '2.4703282292062328e-324', '1e-400', '2018670712153354.25', '100.0', '1E5',
 ];
-put('codec', `[${numbers.join(',')}]`);
-for (const n of numbers) put('codec', `{"0":${n},"1":1}`);
-put('set_args', `{"pre-key":{"1":{"n":[${numbers.filter((n) => n !== '1e400' && n !== '1.7976931348623159e308').join(',')}]}}}`);
+const finite = numbers.filter((n) => n !== '1e400' && n !== '1.7976931348623159e308');
+put('codec', `[${finite.join(',')}]`);
+for (const n of numbers) {
+  put('codec', n);
+  put('codec', `{"n":${n}}`);
+  put('codec', `{"0":${n},"1":1}`);
+}
+put('set_args', `{"pre-key":{"1":{"n":[${finite.join(',')}]}}}`);
 
 // Connection strings: URLs and libpq key=value text (first byte 0), PG* variables (first
 // byte 1, newline-separated in the order the target documents).

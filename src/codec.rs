@@ -634,4 +634,22 @@ mod tests {
             assert!(!has_noncanonical_number(text), "{text}");
         }
     }
+
+    #[test]
+    fn fuzz_findings_are_fixed_points() {
+        // Inputs the codec fuzz target failed on before parsing was correctly rounded: each
+        // was stored as text that read back as another double.
+        for (input, stored) in [
+            ("4049e39", "4.049e+42"),
+            ("5e32", "5e+32"),
+            (
+                "44444444444444444444444444444444444444444444444444444444444444444444444444444444444440",
+                "4.444444444444445e+85",
+            ),
+        ] {
+            let canon = canonical_text(input).unwrap();
+            assert_eq!(canon, stored, "{input}");
+            assert_eq!(canonical_text(&canon).unwrap(), canon, "{input}");
+        }
+    }
 }
