@@ -14,9 +14,26 @@
 //!
 //! Nothing else is touched: base64 *strings* (libsignal session records, protobuf JSON) stay
 //! strings. Strings containing NUL are refused, because PostgreSQL's `jsonb` cannot hold them.
+//!
+//! Numbers are what JavaScript reads: every number is the IEEE double that `JSON.parse` gives
+//! (parsing is correctly rounded: serde_json's `float_roundtrip` feature), written the way
+//! `JSON.stringify` writes it (ECMAScript `Number::toString`: shortest digits that read back to
+//! the same double, `1e+21`, `1e-7`, `0.000001`). So the canonical text of a value is the text
+//! Baileys itself would write, two inputs JavaScript cannot tell apart store the same text, and
+//! canonical text is a fixed point. Deliberate consequences, each tested against Node:
+//! - integers beyond 2^53 are rounded to the nearest double, as JavaScript does
+//!   (`9007199254740993` is stored as `9007199254740992`); callers that need exact big
+//!   integers store them as strings, as protobuf JSON does;
+//! - `-0` is stored as `0`, as `JSON.stringify(-0)` writes it (and `jsonb` cannot keep it);
+//! - numbers too small for a double become `0` (`1e-400`), as `JSON.parse` makes them;
+//!   subnormals (`5e-324`) are kept;
+//! - numbers too big for a double (`1e400`, which `JSON.parse` turns into `Infinity` and
+//!   `JSON.stringify` then into `null`) are refused with an INVALID error rather than
+//!   silently changed.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use serde_json::ser::{CompactFormatter, Formatter};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -72,7 +89,118 @@ pub fn canonicalize(value: &mut Value) -> Result<()> {
 pub fn canonical_text(json: &str) -> Result<String> {
     let mut v: Value = serde_json::from_str(json)?;
     canonicalize(&mut v)?;
-    Ok(serde_json::to_string(&v)?)
+    to_text(&v)
+}
+
+/// Compact JSON text of `value` with numbers written as JavaScript writes them (see the module
+/// documentation); the text form of a canonicalized tree.
+pub fn to_text(value: &Value) -> Result<String> {
+    let mut out = Vec::with_capacity(128);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, JsNumbers);
+    serde::Serialize::serialize(value, &mut ser)?;
+    // serde_json writes only UTF-8.
+    String::from_utf8(out).map_err(|e| Error::internal(format!("JSON text is not UTF-8: {e}")))
+}
+
+/// serde_json's compact output, except that every number is written like JavaScript's
+/// `Number::toString` writes the double JavaScript would read.
+struct JsNumbers;
+
+impl Formatter for JsNumbers {
+    fn write_i64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, n: i64) -> std::io::Result<()> {
+        if n.unsigned_abs() <= MAX_SAFE_INTEGER {
+            CompactFormatter.write_i64(w, n)
+        } else {
+            // `as` rounds to nearest, ties to even: what JSON.parse does with the digits.
+            write_js_number(w, n as f64)
+        }
+    }
+
+    fn write_u64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, n: u64) -> std::io::Result<()> {
+        if n <= MAX_SAFE_INTEGER {
+            CompactFormatter.write_u64(w, n)
+        } else {
+            write_js_number(w, n as f64)
+        }
+    }
+
+    fn write_f64<W: ?Sized + std::io::Write>(&mut self, w: &mut W, n: f64) -> std::io::Result<()> {
+        write_js_number(w, n)
+    }
+
+    fn write_f32<W: ?Sized + std::io::Write>(&mut self, w: &mut W, n: f32) -> std::io::Result<()> {
+        write_js_number(w, f64::from(n))
+    }
+}
+
+/// 2^53: every integer up to it is a double, written with all its digits by JavaScript too.
+const MAX_SAFE_INTEGER: u64 = 1 << 53;
+
+/// ECMAScript `Number::toString(x)`, as `JSON.stringify` writes a number: `-0` gives `"0"`,
+/// and a non-finite input, which JSON cannot hold, gives `"null"`.
+pub fn js_number(x: f64) -> String {
+    let mut out = Vec::with_capacity(24);
+    // Writing to a Vec cannot fail.
+    let _ = write_js_number(&mut out, x);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn write_js_number<W: ?Sized + std::io::Write>(w: &mut W, x: f64) -> std::io::Result<()> {
+    if !x.is_finite() {
+        return w.write_all(b"null");
+    }
+    if x == 0.0 {
+        return w.write_all(b"0");
+    }
+    // ryu-js implements Number::toString: the shortest digits that read back to `x`, the
+    // closest (then the even) ones when several are as short, in ECMAScript's layout. std's
+    // `{:e}` is shortest too but rounds ties up (2018670712153354.25 gives ...54.3, JavaScript
+    // writes ...54.2).
+    w.write_all(ryu_js::Buffer::new().format_finite(x).as_bytes())
+}
+
+/// True when some number in valid JSON text `json` is not written as [`to_text`] writes it, so
+/// the text needs a parse and re-write to be canonical. PostgreSQL's `jsonb` gives numbers back
+/// in plain decimal (`4.049e+42` comes back with all 43 digits, `1e-7` as `0.0000001`).
+pub fn has_noncanonical_number(json: &str) -> bool {
+    let b = json.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => i = string_end(b, i + 1) + 1,
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                if !is_canonical_number(&json[start..i]) {
+                    return true;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+/// Whether a JSON number token is already written as JavaScript writes its double.
+fn is_canonical_number(token: &str) -> bool {
+    let digits = token.strip_prefix('-').unwrap_or(token);
+    // The common case, cheaply: an integer below 10^15 (so below 2^53) without a leading zero.
+    if !digits.is_empty()
+        && digits.len() <= 15
+        && digits.bytes().all(|c| c.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+    {
+        return token != "-0";
+    }
+    match token.parse::<f64>() {
+        // std's parsing is correctly rounded, like JSON.parse.
+        Ok(x) if x.is_finite() => js_number(x) == token,
+        // Out of range of a double: the full parse refuses it.
+        _ => false,
+    }
 }
 
 /// True when valid JSON text `json` may hold a buffer node, so [`canonicalize`] could change
@@ -457,5 +585,71 @@ mod tests {
         let v = buffer_node(&[1, 2, 3]);
         assert!(is_canonical_buffer(&v));
         assert_eq!(canon(v.clone()), v);
+    }
+
+    #[test]
+    fn numbers_are_written_as_javascript_writes_them() {
+        for (x, js) in [
+            (0.0, "0"),
+            (-0.0, "0"),
+            (1.0, "1"),
+            (100.0, "100"),
+            (0.1, "0.1"),
+            (1e21, "1e+21"),
+            (123456789012345680000.0, "123456789012345680000"),
+            (1e-6, "0.000001"),
+            (1e-7, "1e-7"),
+            (4.049e42, "4.049e+42"),
+            (-5e-324, "-5e-324"),
+            // Exactly halfway between two 17-digit texts: the even one, as JavaScript.
+            (2018670712153354.0 + 0.25, "2018670712153354.2"),
+        ] {
+            assert_eq!(js_number(x), js, "{x:e}");
+        }
+        assert_eq!(
+            canonical_text(r#"[9007199254740993,-9223372036854775808,18446744073709551615,1.50]"#)
+                .unwrap(),
+            "[9007199254740992,-9223372036854776000,18446744073709552000,1.5]"
+        );
+    }
+
+    #[test]
+    fn jsonb_number_text_is_recognized_for_a_rewrite() {
+        // What jsonb gives back for 4.049e+42, 1e-7, and an integer beyond 2^53.
+        for text in [
+            r#"{"a": 4049000000000000000000000000000000000000000}"#,
+            r#"[0.0000001]"#,
+            r#"[9007199254740993]"#,
+            r#"[1.50]"#,
+            r#"[-0]"#,
+            r#"[1e400]"#,
+        ] {
+            assert!(has_noncanonical_number(text), "{text}");
+        }
+        for text in [
+            r#"{"a": [1, -2, 0.5, 123456789012345, 1e+21, "1.50", "-0"], "b": 5e-324}"#,
+            r#"{"x1.0": 0}"#,
+            "[]",
+        ] {
+            assert!(!has_noncanonical_number(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn fuzz_findings_are_fixed_points() {
+        // Inputs the codec fuzz target failed on before parsing was correctly rounded: each
+        // was stored as text that read back as another double.
+        for (input, stored) in [
+            ("4049e39", "4.049e+42"),
+            ("5e32", "5e+32"),
+            (
+                "44444444444444444444444444444444444444444444444444444444444444444444444444444444444440",
+                "4.444444444444445e+85",
+            ),
+        ] {
+            let canon = canonical_text(input).unwrap();
+            assert_eq!(canon, stored, "{input}");
+            assert_eq!(canonical_text(&canon).unwrap(), canon, "{input}");
+        }
     }
 }

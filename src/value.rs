@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 use crate::validate;
 
 /// A value (or creds) in canonical form, kept as its JSON text: buffers are
-/// `{"type":"Buffer","data":"<base64>"}`, everything else as given.
+/// `{"type":"Buffer","data":"<base64>"}`, numbers as JavaScript reads and writes them (the
+/// double `JSON.parse` gives, written as `JSON.stringify` writes it; see [`codec`]), everything
+/// else as given.
 ///
 /// Cheap to clone (an `Arc<str>`). The text is what PostgreSQL stores, what the cache holds and
 /// what the C and Node bindings hand out, so a read served from memory costs no re-encoding.
@@ -31,7 +33,7 @@ impl StoredValue {
     /// Canonicalizes a JSON tree and checks the size bound.
     pub fn from_value(mut value: Value) -> Result<StoredValue> {
         codec::canonicalize(&mut value)?;
-        let text = serde_json::to_string(&value)?;
+        let text = codec::to_text(&value)?;
         if text.len() > validate::MAX_VALUE_BYTES {
             return Err(too_big(text.len()));
         }
@@ -41,15 +43,17 @@ impl StoredValue {
     /// Wraps text read back from PostgreSQL, reviving any legacy buffer shape in it. Rows too
     /// big for a write are still returned: refusing to read stored data would lose it.
     pub(crate) fn from_db(text: &str) -> Result<StoredValue> {
-        // jsonb output is valid JSON: without a buffer candidate it is already canonical.
-        if !codec::may_hold_buffer(text) {
+        // jsonb output is valid JSON: without a buffer candidate, and with numbers as
+        // JavaScript writes them (jsonb writes big and tiny ones in plain decimal), it is
+        // already canonical.
+        if !codec::may_hold_buffer(text) && !codec::has_noncanonical_number(text) {
             return Ok(StoredValue(codec::minify_json(text).into()));
         }
         let mut value: Value = serde_json::from_str(text)
             .map_err(|e| Error::database(format!("stored value is not JSON: {e}")))?;
         codec::canonicalize(&mut value)
             .map_err(|e| Error::database(format!("stored value cannot be revived: {e}")))?;
-        Ok(StoredValue(serde_json::to_string(&value)?.into()))
+        Ok(StoredValue(codec::to_text(&value)?.into()))
     }
 
     /// The canonical JSON text.
