@@ -93,7 +93,7 @@ impl Session {
         let epoch = self.company.epoch();
         let company = &*self.company.id;
         let value = self
-            .read("read creds", async |c| sql::get_creds(&*c, company).await)
+            .read("read creds", async |c| sql::get_creds(&***c, company).await)
             .await?;
         if self.company.epoch() == epoch {
             self.wp
@@ -198,7 +198,7 @@ impl Session {
             let company = &*self.company.id;
             let rows = self
                 .read("read keys", async |c| {
-                    sql::get_keys(&*c, company, key_type, &missing).await
+                    sql::get_keys(&***c, company, key_type, &missing).await
                 })
                 .await?;
             let found: std::collections::HashMap<String, StoredValue> = rows.into_iter().collect();
