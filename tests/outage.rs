@@ -1411,11 +1411,14 @@ async fn pending_bound_refuses_with_backlog_and_keeps_nothing_partial() {
     let st = status(&store);
     assert!(st.pending_bytes <= 10_000, "{st:?}");
     assert_eq!(st.pending_calls, 5, "{st:?}");
-    // Nothing of a refused call is visible (not in memory: the read needs the database).
+    // Nothing of a refused call is visible: answered absent when the key directory had loaded
+    // before the stop (it is loaded in the background at session open, so that races with the
+    // stop above), else Unavailable (the read needs the database).
     for id in ["h1", "h2", "k9", "k10"] {
         let r = s.get("session", &ids(&[id])).await;
         assert!(
-            matches!(r, Err(ref e) if e.kind() == ErrorKind::Unavailable),
+            matches!(r, Ok(ref v) if v.is_empty())
+                || matches!(r, Err(ref e) if e.kind() == ErrorKind::Unavailable),
             "{id}: {r:?}"
         );
     }
