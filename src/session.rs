@@ -92,6 +92,8 @@ impl Session {
         self.wp.outage.check_reads()?;
         let epoch = self.company.epoch();
         let company = &*self.company.id;
+        // `&***c`: pooled object -> deadpool's wrapper -> the tokio-postgres client that
+        // `sql` takes (its `query_typed` is not on deadpool's own GenericClient).
         let value = self
             .read("read creds", async |c| sql::get_creds(&***c, company).await)
             .await?;
