@@ -5,8 +5,8 @@
 #
 # Database: DATABASE_URL when set; otherwise each suite starts its own throwaway PostgreSQL from
 # the machine's binaries (as the postgres user when run as root) and removes it afterwards.
-# Everything the suites need (npm packages, the pinned cbindgen, valgrind, the ASan runtime) is
-# installed by the suites' own scripts.
+# Everything the suites need (npm packages, the pinned cbindgen, valgrind, the ASan runtime,
+# pgbouncer) is installed by the suites' own scripts.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,8 +50,11 @@ fuzz_build() {
 
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+# tests/pgbouncer.rs (in rust-tests) needs the Debian pgbouncer: installed when missing.
+step pgbouncer-install bash scripts/install-pgbouncer.sh
 step rust-tests cargo test -p authstate --locked
 step fuzz-build fuzz_build
+step store-via-pgbouncer bash scripts/test-store-pgbouncer.sh
 step c-abi bash scripts/test-c.sh
 step node bash scripts/test-node.sh
 

@@ -563,7 +563,7 @@ async fn load_directory(db: Arc<Db>, company: Arc<Company>) {
     let mut keys = HashSet::new();
     let loaded = db
         .call("load key directory", async |c| {
-            sql::for_each_key_id(&*c, &id, |t, i| {
+            sql::for_each_key_id(&***c, &id, |t, i| {
                 keys.insert(key_hash(t, i));
             })
             .await

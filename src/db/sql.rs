@@ -1,10 +1,16 @@
 //! Every SQL statement of the store, each behind a typed function. Rows are read with
 //! `try_get`: tables adopted from production were created by hand and may hold NULLs or odd
 //! types, and a bad row must be a typed error that names it, never a panic.
+//!
+//! Statements go through `query_typed` (unnamed statement: parse, bind and execute in one round
+//! trip), never named prepared statements: behind pgbouncer in transaction mode without
+//! prepared-statement support (Debian 12 ships 1.18) a named statement prepared in one
+//! transaction is bound in another on a different server connection, which fails ("prepared
+//! statement does not exist") or, when another process used the same name there, runs that
+//! process's statement.
 
-use deadpool_postgres::GenericClient;
 use tokio_postgres::types::Type;
-use tokio_postgres::Row;
+use tokio_postgres::{GenericClient, Row};
 
 use crate::error::{Error, Result};
 use crate::value::StoredValue;
@@ -25,11 +31,15 @@ pub(crate) async fn get_keys(
     key_type: &str,
     ids: &[&str],
 ) -> Result<Vec<(String, StoredValue)>> {
-    let stmt = client
-        .prepare_typed_cached(GET_KEYS, &[Type::TEXT, Type::TEXT, Type::TEXT_ARRAY])
-        .await?;
     let rows = client
-        .query(&stmt, &[&company, &key_type, &ids])
+        .query_typed(
+            GET_KEYS,
+            &[
+                (&company, Type::TEXT),
+                (&key_type, Type::TEXT),
+                (&ids, Type::TEXT_ARRAY),
+            ],
+        )
         .await
         .map_err(|e| name_rows(e.into(), company, key_type, ids))?;
     let mut found = Vec::with_capacity(rows.len());
@@ -86,12 +96,9 @@ pub(crate) async fn get_creds(
     client: &impl GenericClient,
     company: &str,
 ) -> Result<Option<StoredValue>> {
-    let stmt = client
-        .prepare_typed_cached(GET_CREDS, &[Type::TEXT])
-        .await?;
     let context = |e: Error| e.context(format!("creds of company {company}"));
     let rows = client
-        .query(&stmt, &[&company])
+        .query_typed(GET_CREDS, &[(&company, Type::TEXT)])
         .await
         .map_err(|e| match Error::from(e) {
             e if e.is_unavailable() => e,
@@ -129,19 +136,6 @@ WITH del AS (
 )
 SELECT (SELECT count(*) FROM del), (SELECT count(*) FROM ups), (SELECT count(*) FROM creds)";
 
-const UPSERT_TYPES: &[Type] = &[
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::FLOAT8_ARRAY,
-    Type::TEXT_ARRAY,
-    Type::TEXT_ARRAY,
-];
-
 /// Deletes, upserts and creds of any number of companies, as parallel arrays: one statement,
 /// one round trip, whatever the number of keys.
 #[derive(Debug, Default)]
@@ -163,21 +157,20 @@ pub(crate) struct Upsert<'a> {
 
 /// Applies `u` with one statement.
 pub(crate) async fn upsert(client: &impl GenericClient, u: &Upsert<'_>) -> Result<()> {
-    let stmt = client.prepare_typed_cached(UPSERT, UPSERT_TYPES).await?;
     client
-        .query_one(
-            &stmt,
+        .query_typed(
+            UPSERT,
             &[
-                &u.del_company,
-                &u.del_type,
-                &u.del_id,
-                &u.put_company,
-                &u.put_type,
-                &u.put_id,
-                &u.put_value,
-                &u.put_ttl_secs,
-                &u.creds_company,
-                &u.creds_value,
+                (&u.del_company, Type::TEXT_ARRAY),
+                (&u.del_type, Type::TEXT_ARRAY),
+                (&u.del_id, Type::TEXT_ARRAY),
+                (&u.put_company, Type::TEXT_ARRAY),
+                (&u.put_type, Type::TEXT_ARRAY),
+                (&u.put_id, Type::TEXT_ARRAY),
+                (&u.put_value, Type::TEXT_ARRAY),
+                (&u.put_ttl_secs, Type::FLOAT8_ARRAY),
+                (&u.creds_company, Type::TEXT_ARRAY),
+                (&u.creds_value, Type::TEXT_ARRAY),
             ],
         )
         .await?;
@@ -190,8 +183,7 @@ DELETE FROM whatsapp_auth WHERE company_id = $1";
 
 /// Deletes every key and the creds of `company`.
 pub(crate) async fn clear(client: &impl GenericClient, company: &str) -> Result<()> {
-    let stmt = client.prepare_typed_cached(CLEAR, &[Type::TEXT]).await?;
-    client.execute(&stmt, &[&company]).await?;
+    client.query_typed(CLEAR, &[(&company, Type::TEXT)]).await?;
     Ok(())
 }
 
@@ -205,8 +197,9 @@ pub(crate) async fn for_each_key_id(
     mut each: impl FnMut(&str, &str),
 ) -> Result<()> {
     use futures_util::TryStreamExt;
-    let stmt = client.prepare_typed_cached(KEY_IDS, &[Type::TEXT]).await?;
-    let rows = client.query_raw(&stmt, [company]).await?;
+    let rows = client
+        .query_typed_raw(KEY_IDS, [(company, Type::TEXT)])
+        .await?;
     let mut rows = std::pin::pin!(rows);
     while let Some(row) = rows.try_next().await? {
         // A row without a type or id can never be read by a `get`: nothing to know of it.

@@ -18,11 +18,12 @@ pub(crate) async fn commit(wp: &WritePath, ops: &[(&Company, &Op)]) -> Result<()
     wp.db
         .call("write", async |client| {
             if let [step] = steps.as_slice() {
-                return run_step(&*client, step).await;
+                let plain: &tokio_postgres::Client = client;
+                return run_step(plain, step).await;
             }
             let tx = client.transaction().await?;
             for step in &steps {
-                run_step(&tx, step).await?;
+                run_step(&*tx, step).await?;
             }
             tx.commit().await?;
             Ok(())
@@ -30,7 +31,7 @@ pub(crate) async fn commit(wp: &WritePath, ops: &[(&Company, &Op)]) -> Result<()
         .await
 }
 
-async fn run_step(client: &impl deadpool_postgres::GenericClient, step: &Step<'_>) -> Result<()> {
+async fn run_step(client: &impl tokio_postgres::GenericClient, step: &Step<'_>) -> Result<()> {
     match step {
         Step::Clear(company) => sql::clear(client, company).await,
         Step::Upsert(u) => sql::upsert(client, u).await,

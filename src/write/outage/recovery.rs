@@ -29,9 +29,10 @@ pub(crate) async fn try_recover(wp: &Arc<WritePath>) -> Result<()> {
         // the statement timeout. A crash between chunks only replays the journal again from
         // its start, which rewrites the same values in the same order.
         let snapshot: Vec<PendingCall> = {
-            let st = outage.lock();
+            let mut st = outage.lock();
             let mut keys = 0;
-            st.pending
+            let snapshot: Vec<PendingCall> = st
+                .pending
                 .iter()
                 .take_while(|p| {
                     let first = keys == 0;
@@ -39,7 +40,12 @@ pub(crate) async fn try_recover(wp: &Arc<WritePath>) -> Result<()> {
                     first || keys <= MAX_BATCH_KEYS
                 })
                 .cloned()
-                .collect()
+                .collect();
+            // Under the same lock: a call diverted between taking the snapshot and marking it
+            // as replaying could coalesce into (and empty, and remove) a snapshot call, so the
+            // drain below would drop a newer call that was never replayed.
+            st.replaying = snapshot.len();
+            snapshot
         };
         if snapshot.is_empty() {
             // The one call helper bounds the probe and discards a connection that timed out.
@@ -48,7 +54,6 @@ pub(crate) async fn try_recover(wp: &Arc<WritePath>) -> Result<()> {
                 .await?;
         } else {
             let ops: Vec<(&Company, &Op)> = snapshot.iter().map(|p| (&*p.0, &p.1)).collect();
-            outage.lock().replaying = snapshot.len();
             let committed = commit::commit(wp, &ops).await;
             if let Err(e) = committed {
                 outage.lock().replaying = 0;

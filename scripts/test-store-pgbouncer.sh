@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The normal store tests (tests/store.rs) once more, through pgbouncer in transaction pooling
+# mode in front of a throwaway cluster: prepared statements, timeouts and CREATE DATABASE (each
+# test creates its own database on DATABASE_URL's server) all go through the pooler. The
+# pgbouncer settings are tests/common/pgbouncer.ini, shared with tests/pgbouncer.rs.
+# Installs pgbouncer when it is missing. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+bash scripts/install-pgbouncer.sh
+pgbouncer_bin=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+cargo build --locked --bin authstate
+target_dir=${CARGO_TARGET_DIR:-$ROOT/target}
+case $target_dir in /*) ;; *) target_dir=$ROOT/$target_dir ;; esac
+
+dir=$(mktemp -d /tmp/authstate-pgbouncer-XXXXXX)
+run_as=()
+if [ "$(id -u)" = 0 ]; then
+  run_as=(runuser -u postgres --)
+  chown postgres: "$dir"
+fi
+
+cleanup() {
+  if [ -f "$dir/pgbouncer.pid" ]; then
+    kill -TERM "$(cat "$dir/pgbouncer.pid")" 2>/dev/null || true
+    sleep 0.5
+  fi
+  # Closing the cluster's stdin stops and removes it.
+  if [ -n "${TEMPDB_PID:-}" ]; then
+    exec {TEMPDB[1]}>&- 2>/dev/null || true
+    wait "$TEMPDB_PID" 2>/dev/null || true
+  fi
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+
+# A throwaway cluster: `authstate tempdb` prints one JSON line and runs until stdin closes.
+coproc TEMPDB { "$target_dir/debug/authstate" tempdb; }
+read -r -t 120 info <&"${TEMPDB[0]}"
+pg_port=$(printf '%s' "$info" | sed -n 's/.*"port":\([0-9]*\).*/\1/p')
+[ -n "$pg_port" ] || { echo "authstate tempdb printed no port: $info" >&2; exit 1; }
+
+port=
+for _ in $(seq 1 50); do
+  p=$((20000 + RANDOM % 30000))
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
+done
+[ -n "$port" ] || { echo "no free port for pgbouncer" >&2; exit 1; }
+
+sed -e "s|@PG_PORT@|$pg_port|" -e "s|@LISTEN_PORT@|$port|" -e "s|@DIR@|$dir|" \
+  tests/common/pgbouncer.ini > "$dir/pgbouncer.ini"
+printf '"postgres" ""\n' > "$dir/userlist.txt"
+[ ${#run_as[@]} -eq 0 ] || chown postgres: "$dir/pgbouncer.ini" "$dir/userlist.txt"
+"${run_as[@]}" "$pgbouncer_bin" -d "$dir/pgbouncer.ini"
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.1
+done
+echo "pgbouncer $("$pgbouncer_bin" --version | head -1) on 127.0.0.1:$port (transaction pooling) -> PostgreSQL on port $pg_port"
+
+DATABASE_URL="host=127.0.0.1 port=$port user=postgres dbname=postgres" \
+  cargo test -p authstate --locked --test store
