@@ -48,7 +48,7 @@ pub(super) fn pool(config: &Config) -> Result<(Pool, Arc<ConnTracker>)> {
 }
 
 /// The tokio-postgres settings of `config`: connect timeout, TCP keepalives, the server-side
-/// `statement_timeout`, and the TLS mode (verification itself is done by [`crate::tls`]).
+/// `statement_timeout`, and the TLS mode (verification itself is done by [`super::tls`]).
 pub(crate) fn pg_config(config: &Config) -> tokio_postgres::Config {
     let mut pg = config.pg.clone();
     pg.connect_timeout(config.connect_timeout);
