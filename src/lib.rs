@@ -18,6 +18,8 @@ mod store;
 pub mod write;
 
 #[cfg(feature = "tempdb")]
+pub mod delay_proxy;
+#[cfg(feature = "tempdb")]
 pub mod tempdb;
 
 pub use cache::CacheStats;
