@@ -28,7 +28,7 @@ pub struct ProxyStats {
     /// Connections accepted (refused ones included).
     pub connections: u64,
     /// Requests the clients sent that the server answers with one `ReadyForQuery`: extended
-    /// query `Sync`s and simple `Query` messages.
+    /// query `Sync`s, simple `Query` messages and connection startups.
     pub requests: u64,
     /// `ReadyForQuery` messages delivered to the clients.
     pub answers: u64,
@@ -202,7 +202,13 @@ async fn connection(
     let mut tasks = JoinSet::new();
     let (up_tx, up_rx) = mpsc::channel(1024);
     let (down_tx, down_rx) = mpsc::channel(1024);
-    tasks.spawn(read_side(client_r, up_tx, delay, Side::Client, conn.clone()));
+    tasks.spawn(read_side(
+        client_r,
+        up_tx,
+        delay,
+        Side::Client,
+        conn.clone(),
+    ));
     tasks.spawn(write_side(
         server_w,
         up_rx,
@@ -312,9 +318,7 @@ async fn write_side(
             // Counted when the proxy received them (in `read_side`'s marks), published here
             // together with the in-flight maximum.
             let sent = conn.requests.fetch_add(chunk.marks, Ordering::AcqRel) + chunk.marks;
-            counters
-                .requests
-                .fetch_add(chunk.marks, Ordering::Relaxed);
+            counters.requests.fetch_add(chunk.marks, Ordering::Relaxed);
             let in_flight = sent.saturating_sub(conn.answers.load(Ordering::Acquire));
             counters
                 .max_in_flight
@@ -410,7 +414,9 @@ impl Framer {
                     data.get(3).copied().unwrap_or(0),
                 ]);
                 if code != SSL_REQUEST && code != GSS_REQUEST {
+                    // The startup message: the server ends its answer with a ReadyForQuery.
                     self.preamble = false;
+                    marks += 1;
                 }
             } else {
                 match (self.side, self.header[0]) {
@@ -453,14 +459,14 @@ mod tests {
         stream.extend(typed(b'S', b""));
         // Fed whole, and fed byte by byte after the startup packet.
         let mut whole = Framer::new(Side::Client);
-        assert_eq!(whole.feed(&stream, &conn), 3);
+        assert_eq!(whole.feed(&stream, &conn), 4);
         let mut bytes = Framer::new(Side::Client);
         let (head, tail) = stream.split_at(20);
         let mut n = bytes.feed(head, &conn);
         for b in tail {
             n += bytes.feed(std::slice::from_ref(b), &conn);
         }
-        assert_eq!(n, 3);
+        assert_eq!(n, 4);
 
         let mut server = Vec::new();
         server.push(b'N');

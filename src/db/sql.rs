@@ -195,6 +195,15 @@ pub(crate) async fn clear(client: &impl GenericClient, company: &str) -> Result<
     Ok(())
 }
 
+/// Prepares the write statements on `client` (a no-op when its statement cache has them), so
+/// that later writes send at once instead of waiting for a prepare: what keeps pipelined
+/// writes in the order they were issued.
+pub(crate) async fn prepare_writes(client: &impl GenericClient) -> Result<()> {
+    client.prepare_typed_cached(UPSERT, UPSERT_TYPES).await?;
+    client.prepare_typed_cached(CLEAR, &[Type::TEXT]).await?;
+    Ok(())
+}
+
 /// One round trip that proves the database answers.
 pub(crate) async fn probe(client: &tokio_postgres::Client) -> Result<()> {
     client.simple_query("SELECT 1").await?;

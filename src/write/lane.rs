@@ -1,52 +1,61 @@
-//! One writer lane: takes queued calls in order, groups them into one commit, answers each
-//! caller with its own outcome, and survives a panic of its own code.
+//! One writer lane: takes queued calls in order, groups them into one statement, pipelines
+//! statements on one connection, answers each caller with its own outcome, and survives a
+//! panic of its own code.
+//!
+//! Pipelining: a batch is sent as soon as it is taken, while the lane's earlier batches are
+//! still in flight (up to [`PIPELINE_DEPTH`]), on one connection held while anything is in
+//! flight. PostgreSQL runs the statements in the order sent, each in its own implicit
+//! transaction, and answers in that order; the lane answers callers in that order too. Over a
+//! slow link a `set` then costs one round trip instead of waiting for the commit before it.
+//!
+//! When an in-flight batch fails:
+//! - for connectivity (or a timeout): the outage mode takes it and every batch sent after it,
+//!   in order, and replays them in that order when the database is back (the ones that did
+//!   commit are committed again, which leaves the same state);
+//! - otherwise, with one caller: only that caller gets the error; the batches after it stand
+//!   (the failed statement changed nothing);
+//! - otherwise (a merged batch, e.g. one caller's value refused): the lane waits for the
+//!   batches sent after it, retries the failed batch's callers one by one so each gets its own
+//!   outcome, then commits the later batches again, in order, before answering them, so that
+//!   no retried write lands after a later write of the same key.
+//!
+//! A batch whose plan needs a transaction, or one taken while the database is down, waits
+//! until nothing is in flight and goes the sequential way ([`process`]).
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
+use super::merge::plan;
 use super::{commit, Op, Request, WritePath, MAX_BATCH_KEYS};
+use crate::db::{sql, PipeConn};
+use crate::error::{Error, Result};
+
+/// Most batches a lane has sent and not yet seen answered. Past a few, a longer pipeline only
+/// makes each batch smaller (group commit merges what waits meanwhile).
+pub(crate) const PIPELINE_DEPTH: usize = 8;
 
 /// Runs one writer lane until its channel closes (store close), draining what is queued.
 pub(super) async fn run(wp: Arc<WritePath>, mut rx: mpsc::UnboundedReceiver<Request>) {
     let mut carry: Option<Request> = None;
-    loop {
-        let first = match carry.take() {
-            Some(r) => r,
-            None => match rx.recv().await {
-                Some(r) => r,
-                None => break,
-            },
-        };
-        let mut batch = vec![first];
-        if wp.group_commit && !matches!(batch[0].op, Op::Clear) {
-            let mut keys = batch[0].op.weight();
-            while keys < MAX_BATCH_KEYS {
-                match rx.try_recv() {
-                    Ok(r) if matches!(r.op, Op::Clear) => {
-                        carry = Some(r);
-                        break;
-                    }
-                    Ok(r) => {
-                        keys += r.op.weight();
-                        batch.push(r);
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
-        // A panic must not end the lane: every later write of the companies mapped to it would
-        // fail while the store looks open. The batch's unanswered callers get INTERNAL from
-        // their dropped `Reply`; the lane goes on with the next batch.
-        if let Err(panic) = AssertUnwindSafe(process(&wp, batch)).catch_unwind().await {
-            tracing::error!(
-                panic = %panic_text(panic.as_ref()),
-                "a writer lane panicked; its batch failed with INTERNAL, the lane goes on"
-            );
-        }
+    // A panic must not end the lane: every later write of the companies mapped to it would
+    // fail while the store looks open. The unanswered callers of the batches it held get
+    // INTERNAL from their dropped `Reply`; the lane goes on with the next batch.
+    while let Err(panic) = AssertUnwindSafe(pipeline(&wp, &mut rx, &mut carry))
+        .catch_unwind()
+        .await
+    {
+        tracing::error!(
+            panic = %panic_text(panic.as_ref()),
+            "a writer lane panicked; its batches failed with INTERNAL, the lane goes on"
+        );
     }
 }
 
@@ -57,7 +66,206 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Commits a batch and answers its callers.
+/// A batch's requests, its commit outcome and when it was sent.
+type Done = (Vec<Request>, Result<()>, Instant);
+type Flight<'a> = Pin<Box<dyn Future<Output = Done> + Send + 'a>>;
+
+async fn next_request(
+    rx: &mut mpsc::UnboundedReceiver<Request>,
+    carry: &mut Option<Request>,
+) -> Option<Request> {
+    match carry.take() {
+        Some(r) => Some(r),
+        None => rx.recv().await,
+    }
+}
+
+/// `first` plus what is already queued (group commit), up to a `clear` (kept for the next
+/// batch: it must be a statement of its own) or [`MAX_BATCH_KEYS`].
+fn gather(
+    wp: &WritePath,
+    first: Request,
+    rx: &mut mpsc::UnboundedReceiver<Request>,
+    carry: &mut Option<Request>,
+) -> Vec<Request> {
+    let mut batch = vec![first];
+    if wp.group_commit && !matches!(batch[0].op, Op::Clear) {
+        let mut keys = batch[0].op.weight();
+        while keys < MAX_BATCH_KEYS {
+            match rx.try_recv() {
+                Ok(r) if matches!(r.op, Op::Clear) => {
+                    *carry = Some(r);
+                    break;
+                }
+                Ok(r) => {
+                    keys += r.op.weight();
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    batch
+}
+
+/// The lane's loop: take batches and send them while fewer than [`PIPELINE_DEPTH`] are in
+/// flight, settle answers in order. Returns once the channel closed and all is answered.
+async fn pipeline(
+    wp: &Arc<WritePath>,
+    rx: &mut mpsc::UnboundedReceiver<Request>,
+    carry: &mut Option<Request>,
+) {
+    // Invariant: `conn` is `None` only when nothing is in flight.
+    let mut conn: Option<PipeConn> = None;
+    let mut flying: FuturesOrdered<Flight<'_>> = FuturesOrdered::new();
+    let mut open = true;
+    loop {
+        if !open && flying.is_empty() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            Some(done) = flying.next(), if !flying.is_empty() => {
+                settle(wp, done, &mut flying).await;
+                if flying.is_empty() {
+                    // Between bursts the connection goes back to the pool, for reads.
+                    conn = None;
+                }
+            }
+            next = next_request(rx, carry), if open && flying.len() < PIPELINE_DEPTH => {
+                let Some(first) = next else {
+                    open = false;
+                    continue;
+                };
+                let batch = gather(wp, first, rx, carry);
+                #[cfg(all(test, feature = "tempdb"))]
+                tests::maybe_panic(&batch);
+                let needs_tx = batch.len() > 1 && batch.iter().any(|r| matches!(r.op, Op::Clear));
+                if needs_tx || wp.outage.is_down() || conn.as_ref().is_some_and(PipeConn::is_broken) {
+                    // In order after everything in flight, without the pipeline.
+                    drain(wp, &mut flying).await;
+                    conn = None;
+                    if needs_tx || wp.outage.is_down() {
+                        Box::pin(process(wp, batch)).await;
+                        continue;
+                    }
+                }
+                let c = match &conn {
+                    Some(c) => c.clone(),
+                    None => match open_conn(wp).await {
+                        Ok(c) => {
+                            conn = Some(c.clone());
+                            c
+                        }
+                        // The sequential way makes its own attempt and, if the database is
+                        // away, hands the batch to the outage mode.
+                        Err(_) => {
+                            Box::pin(process(wp, batch)).await;
+                            continue;
+                        }
+                    },
+                };
+                let mut fut: Flight<'_> = Box::pin(send(wp, c, batch));
+                // Poll once now: that sends the statement, so statements leave in the order
+                // the batches were taken whatever order the pipeline polls them in later.
+                let first_poll =
+                    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+                match first_poll {
+                    Poll::Ready(done) => flying.push_back(Box::pin(std::future::ready(done))),
+                    Poll::Pending => flying.push_back(fut),
+                }
+            }
+        }
+    }
+}
+
+/// A connection for the pipeline, with the write statements prepared on it.
+async fn open_conn(wp: &WritePath) -> Result<PipeConn> {
+    let c = wp.db.pipe_conn().await?;
+    c.call("prepare", async |client| sql::prepare_writes(client).await)
+        .await?;
+    Ok(c)
+}
+
+/// Sends one batch's statement on `conn` and waits for its outcome.
+async fn send(wp: &WritePath, conn: PipeConn, batch: Vec<Request>) -> Done {
+    let started = Instant::now();
+    let result = {
+        let ops: Vec<(&crate::company::Company, &Op)> =
+            batch.iter().map(|r| (&*r.company, &r.op)).collect();
+        let steps = plan(&ops, wp.ttl());
+        match steps.as_slice() {
+            [] => Ok(()),
+            [step] => {
+                conn.call("write", async |client| commit::run_step(client, step).await)
+                    .await
+            }
+            _ => Err(Error::internal(
+                "a batch of several statements reached the pipeline",
+            )),
+        }
+    };
+    (batch, result, started)
+}
+
+/// Settles everything in flight, in order.
+async fn drain(wp: &Arc<WritePath>, flying: &mut FuturesOrdered<Flight<'_>>) {
+    while let Some(done) = flying.next().await {
+        settle(wp, done, flying).await;
+    }
+}
+
+/// Answers the callers of the oldest batch in flight (see the module doc for failures).
+async fn settle(wp: &Arc<WritePath>, done: Done, flying: &mut FuturesOrdered<Flight<'_>>) {
+    let (batch, result, started) = done;
+    wp.metrics
+        .record("commit", started.elapsed(), result.is_ok());
+    match result {
+        Ok(()) => answer_committed(wp, batch),
+        Err(e) if !e.is_unavailable() && batch.len() == 1 => {
+            for r in batch {
+                r.reply.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            // Stop the pipeline here: take the batches sent after this one (their outcome no
+            // longer matters), then go on one by one in the order sent.
+            let mut later = Vec::new();
+            while let Some((b, r, s)) = flying.next().await {
+                wp.metrics.record("commit", s.elapsed(), r.is_ok());
+                later.push(b);
+            }
+            if e.is_unavailable() {
+                wp.outage.enter(&e);
+                for b in std::iter::once(batch).chain(later) {
+                    if let Some(b) = wp.outage.divert(b, Some(&e)) {
+                        Box::pin(process(wp, b)).await;
+                    }
+                }
+            } else {
+                for r in batch {
+                    Box::pin(process(wp, vec![r])).await;
+                }
+                for b in later {
+                    Box::pin(process(wp, b)).await;
+                }
+            }
+        }
+    }
+}
+
+fn answer_committed(wp: &WritePath, batch: Vec<Request>) {
+    let ops: Vec<(&crate::company::Company, &Op)> =
+        batch.iter().map(|r| (&*r.company, &r.op)).collect();
+    commit::apply_committed(wp, &ops);
+    drop(ops);
+    for r in batch {
+        r.reply.send(Ok(()));
+    }
+}
+
+/// Commits a batch and answers its callers, without the pipeline (nothing else of the lane
+/// is in flight).
 async fn process(wp: &Arc<WritePath>, mut batch: Vec<Request>) {
     #[cfg(all(test, feature = "tempdb"))]
     tests::maybe_panic(&batch);
@@ -76,10 +284,8 @@ async fn process(wp: &Arc<WritePath>, mut batch: Vec<Request>) {
         .record("commit", started.elapsed(), result.is_ok());
     match result {
         Ok(()) => {
-            commit::apply_committed(wp, &ops);
-            for r in batch {
-                r.reply.send(Ok(()));
-            }
+            drop(ops);
+            answer_committed(wp, batch);
         }
         Err(e) if e.is_unavailable() => {
             wp.outage.enter(&e);
