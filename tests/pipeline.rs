@@ -18,7 +18,7 @@ use serde_json::Value;
 
 /// How long a condition may take before the test fails (a bound, not a measurement).
 const PATIENCE: Duration = Duration::from_secs(20);
-/// `PIPELINE_DEPTH` of `src/write/lane.rs`.
+/// The pipeline depth of the lane under test (pacing off, so it is this).
 const DEPTH: usize = 8;
 
 /// A proxy to the database of `url` adding 10 ms each way, and a config that goes through it.
@@ -49,8 +49,10 @@ async fn proxied(url: &str) -> (DelayProxy, Config) {
         ));
     }
     let mut cfg = Config::from_url(&via).expect("proxied config");
-    // One lane, so every write below shares one pipeline; a small pool.
+    // One lane, so every write below shares one pipeline, of a known depth; a small pool.
     cfg.write_lanes = 1;
+    cfg.pipeline_depth = DEPTH;
+    cfg.pipeline_pacing = false;
     cfg.pool_size = 4;
     cfg.connect_timeout = Duration::from_secs(2);
     cfg.statement_timeout = Duration::from_secs(20);

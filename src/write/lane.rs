@@ -3,7 +3,7 @@
 //! panic of its own code.
 //!
 //! Pipelining: a batch is sent as soon as it is taken, while the lane's earlier batches are
-//! still in flight (up to [`PIPELINE_DEPTH`]), on one connection held while anything is in
+//! still in flight (up to [`crate::Config::pipeline_depth`]), on one connection held while anything is in
 //! flight. PostgreSQL runs the statements in the order sent, each in its own implicit
 //! transaction, and answers in that order; the lane answers callers in that order too. Over a
 //! slow link a `set` then costs one round trip instead of waiting for the commit before it.
@@ -21,6 +21,14 @@
 //!
 //! A batch whose plan needs a transaction, or one taken while the database is down, waits
 //! until nothing is in flight and goes the sequential way ([`process`]).
+//!
+//! How far ahead to send ([`Pacer`]): a statement sent while the server is still busy with
+//! the lane's earlier ones gains nothing (it queues there) and costs a commit that group commit
+//! would have saved (PostgreSQL's cost is per statement and per commit more than per row). So
+//! the lane sends ahead only as many statements as the server can run while one crosses the
+//! link: the time of a statement sent alone (link + server) over the time between two answers
+//! when statements queue (server), up to `pipeline_depth`. Over a 20 ms link with a fast server
+//! that is the full depth; on loopback it is one statement at a time, as without pipelining.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -37,10 +45,6 @@ use super::merge::plan;
 use super::{commit, Op, Request, WritePath, MAX_BATCH_KEYS};
 use crate::db::{sql, PipeConn};
 use crate::error::{Error, Result};
-
-/// Most batches a lane has sent and not yet seen answered. Past a few, a longer pipeline only
-/// makes each batch smaller (group commit merges what waits meanwhile).
-pub(crate) const PIPELINE_DEPTH: usize = 8;
 
 /// Runs one writer lane until its channel closes (store close), draining what is queued.
 pub(super) async fn run(wp: Arc<WritePath>, mut rx: mpsc::UnboundedReceiver<Request>) {
@@ -66,8 +70,9 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// A batch's requests, its commit outcome and when it was sent.
-type Done = (Vec<Request>, Result<()>, Instant);
+/// A batch's requests, its commit outcome, when it was sent and whether it was sent alone
+/// (nothing else of the lane in flight).
+type Done = (Vec<Request>, Result<()>, Instant, bool);
 type Flight<'a> = Pin<Box<dyn Future<Output = Done> + Send + 'a>>;
 
 async fn next_request(
@@ -108,7 +113,7 @@ fn gather(
     batch
 }
 
-/// The lane's loop: take batches and send them while fewer than [`PIPELINE_DEPTH`] are in
+/// The lane's loop: take batches and send them while fewer than `pipeline_depth` are in
 /// flight, settle answers in order. Returns once the channel closed and all is answered.
 async fn pipeline(
     wp: &Arc<WritePath>,
@@ -119,6 +124,7 @@ async fn pipeline(
     let mut conn: Option<PipeConn> = None;
     let mut flying: FuturesOrdered<Flight<'_>> = FuturesOrdered::new();
     let mut open = true;
+    let mut pacer = Pacer::new(wp.pipeline_depth, wp.pipeline_pacing);
     loop {
         if !open && flying.is_empty() {
             return;
@@ -126,13 +132,14 @@ async fn pipeline(
         tokio::select! {
             biased;
             Some(done) = flying.next(), if !flying.is_empty() => {
+                pacer.observe(done.2, done.3, done.1.is_ok());
                 settle(wp, done, &mut flying).await;
                 if flying.is_empty() {
                     // Between bursts the connection goes back to the pool, for reads.
                     conn = None;
                 }
             }
-            next = next_request(rx, carry), if open && flying.len() < PIPELINE_DEPTH => {
+            next = next_request(rx, carry), if open && flying.len() < pacer.depth() => {
                 let Some(first) = next else {
                     open = false;
                     continue;
@@ -165,7 +172,8 @@ async fn pipeline(
                         }
                     },
                 };
-                let mut fut: Flight<'_> = Box::pin(send(wp, c, batch));
+                let alone = flying.is_empty();
+                let mut fut: Flight<'_> = Box::pin(send(wp, c, batch, alone));
                 // Poll once now: that sends the statement, so statements leave in the order
                 // the batches were taken whatever order the pipeline polls them in later.
                 let first_poll =
@@ -179,6 +187,68 @@ async fn pipeline(
     }
 }
 
+/// Chooses how many statements a lane may have in flight (see the module doc), from two
+/// moving averages: the time of a statement sent alone (link and server), and the time between
+/// consecutive answers of statements that were sent while another was in flight (the server's
+/// time per statement when they queue there; an over-estimate otherwise, which only makes the
+/// depth smaller). Until both are known the full depth is allowed.
+struct Pacer {
+    max: usize,
+    pacing: bool,
+    alone_secs: Option<f64>,
+    gap_secs: Option<f64>,
+    last_answer: Option<Instant>,
+}
+
+impl Pacer {
+    fn new(max: usize, pacing: bool) -> Pacer {
+        Pacer {
+            max: max.max(1),
+            pacing,
+            alone_secs: None,
+            gap_secs: None,
+            last_answer: None,
+        }
+    }
+
+    fn depth(&self) -> usize {
+        match (self.pacing, self.alone_secs, self.gap_secs) {
+            (true, Some(alone), Some(gap)) if gap > 0.0 => {
+                let fit = (alone / gap + 0.5).floor();
+                if fit >= self.max as f64 {
+                    self.max
+                } else if fit >= 1.0 {
+                    fit as usize
+                } else {
+                    1
+                }
+            }
+            _ => self.max,
+        }
+    }
+
+    /// Records the answer of a batch sent at `sent`, `alone` or behind others.
+    fn observe(&mut self, sent: Instant, alone: bool, ok: bool) {
+        self.observe_at(sent, alone, ok, Instant::now());
+    }
+
+    fn observe_at(&mut self, sent: Instant, alone: bool, ok: bool, now: Instant) {
+        let prev = self.last_answer.replace(now);
+        if !ok {
+            // A failure's timing says nothing about the link or the server's pace.
+            return;
+        }
+        let ewma = |avg: &mut Option<f64>, x: f64| {
+            *avg = Some(avg.map_or(x, |a| a + (x - a) / 8.0));
+        };
+        if alone {
+            ewma(&mut self.alone_secs, now.duration_since(sent).as_secs_f64());
+        } else if let Some(prev) = prev {
+            ewma(&mut self.gap_secs, now.duration_since(prev).as_secs_f64());
+        }
+    }
+}
+
 /// A connection for the pipeline, with the write statements prepared on it.
 async fn open_conn(wp: &WritePath) -> Result<PipeConn> {
     let c = wp.db.pipe_conn().await?;
@@ -188,7 +258,7 @@ async fn open_conn(wp: &WritePath) -> Result<PipeConn> {
 }
 
 /// Sends one batch's statement on `conn` and waits for its outcome.
-async fn send(wp: &WritePath, conn: PipeConn, batch: Vec<Request>) -> Done {
+async fn send(wp: &WritePath, conn: PipeConn, batch: Vec<Request>, alone: bool) -> Done {
     let started = Instant::now();
     let result = {
         let ops: Vec<(&crate::company::Company, &Op)> =
@@ -205,7 +275,7 @@ async fn send(wp: &WritePath, conn: PipeConn, batch: Vec<Request>) -> Done {
             )),
         }
     };
-    (batch, result, started)
+    (batch, result, started, alone)
 }
 
 /// Settles everything in flight, in order.
@@ -217,7 +287,7 @@ async fn drain(wp: &Arc<WritePath>, flying: &mut FuturesOrdered<Flight<'_>>) {
 
 /// Answers the callers of the oldest batch in flight (see the module doc for failures).
 async fn settle(wp: &Arc<WritePath>, done: Done, flying: &mut FuturesOrdered<Flight<'_>>) {
-    let (batch, result, started) = done;
+    let (batch, result, started, _) = done;
     wp.metrics
         .record("commit", started.elapsed(), result.is_ok());
     match result {
@@ -231,7 +301,7 @@ async fn settle(wp: &Arc<WritePath>, done: Done, flying: &mut FuturesOrdered<Fli
             // Stop the pipeline here: take the batches sent after this one (their outcome no
             // longer matters), then go on one by one in the order sent.
             let mut later = Vec::new();
-            while let Some((b, r, s)) = flying.next().await {
+            while let Some((b, r, s, _)) = flying.next().await {
                 wp.metrics.record("commit", s.elapsed(), r.is_ok());
                 later.push(b);
             }
@@ -316,6 +386,43 @@ pub(crate) mod tests {
     use crate::error::ErrorKind;
     use crate::tempdb::TempCluster;
     use crate::{Config, KeyWrite, Store, StoredValue};
+
+    #[test]
+    fn the_pacer_sends_ahead_as_far_as_the_link_is_slower_than_the_server() {
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        // Far server (20 ms alone), answers 2.5 ms apart when queued: the full depth.
+        let mut far = Pacer::new(8, true);
+        assert_eq!(far.depth(), 8, "unknown link: full depth");
+        far.observe_at(t0, true, true, t0 + ms(20));
+        for i in 1..=4 {
+            far.observe_at(t0 + ms(20), false, true, t0 + ms(20) + ms(i * 5 / 2));
+        }
+        assert_eq!(far.depth(), 8);
+        // Loopback: alone 4 ms, and 4 ms between queued answers: one at a time.
+        let mut near = Pacer::new(8, true);
+        near.observe_at(t0, true, true, t0 + ms(4));
+        for i in 1..=4 {
+            near.observe_at(t0, false, true, t0 + ms(4) + ms(i * 4));
+        }
+        assert_eq!(near.depth(), 1);
+        // In between: 12 ms alone, 4 ms per statement: three in flight keep the server busy.
+        let mut mid = Pacer::new(8, true);
+        mid.observe_at(t0, true, true, t0 + ms(12));
+        for i in 1..=4 {
+            mid.observe_at(t0, false, true, t0 + ms(12) + ms(i * 4));
+        }
+        assert_eq!(mid.depth(), 3);
+        // Failures teach nothing; pacing off is always the full depth.
+        let mut failing = Pacer::new(8, true);
+        failing.observe_at(t0, true, false, t0 + ms(1));
+        assert_eq!(failing.depth(), 8);
+        let mut off = Pacer::new(8, false);
+        off.observe_at(t0, true, true, t0 + ms(4));
+        off.observe_at(t0, false, true, t0 + ms(8));
+        assert_eq!(off.depth(), 8);
+    }
 
     /// Company whose next batch panics inside the lane (fault injection for the test below).
     static PANIC_FOR: Mutex<Option<String>> = Mutex::new(None);
