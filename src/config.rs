@@ -72,7 +72,9 @@ impl FromStr for OutagePolicy {
     }
 }
 
-/// Time to live per key type: every write sets `expires_at = now() + ttl(type)`.
+/// Time to live per key type: every write sets `expires_at = now() + ttl(type)`, rounded up to
+/// a step of 1/128 of the TTL (at most an hour), so that rewrites within a step leave the
+/// expiry index alone (HOT updates).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TtlPolicy {
     /// TTL of types without an entry in `per_type`.

@@ -20,7 +20,11 @@ fn embedded_list_matches_the_migrations_folder() {
         .collect();
     assert_eq!(files, embedded);
     for (i, m) in MIGRATIONS.iter().enumerate() {
-        assert_eq!(m.version, i as i64 + 1, "versions are consecutive");
+        // Increasing; numbers reserved for other branches (0003, 0004) may be missing until
+        // they are merged.
+        if i > 0 {
+            assert!(m.version > MIGRATIONS[i - 1].version, "versions increase");
+        }
         let on_disk = std::fs::read_to_string(format!(
             "{}/migrations/{:04}_{}.sql",
             env!("CARGO_MANIFEST_DIR"),

@@ -42,6 +42,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "expiry_index",
         sql: include_str!("../../migrations/0002_expiry_index.sql"),
     },
+    // 0003 (lease) and 0004 (health snapshots) are reserved for work on other branches.
+    Migration {
+        version: 5,
+        name: "storage",
+        sql: include_str!("../../migrations/0005_storage.sql"),
+    },
 ];
 
 /// Advisory lock key: "authstate" as a number, so other tools' locks do not collide.
