@@ -56,6 +56,15 @@ pub(super) fn pool(config: &Config) -> Result<(Pool, Arc<ConnTracker>)> {
         .wait_timeout(Some(config.connect_timeout))
         .create_timeout(Some(config.connect_timeout))
         .recycle_timeout(Some(config.connect_timeout))
+        // A new connection prepares every statement of the store at once (one round trip
+        // instead of one per statement on first use: over a slow link that is the first `get`
+        // after a store opens, and every new connection of the pool).
+        .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+            Box::pin(async move {
+                super::sql::prepare_all(client).await;
+                Ok(())
+            })
+        }))
         .build()
         .map_err(|e| Error::internal(format!("pool: {e}")))?;
     Ok((pool, conns))

@@ -211,6 +211,21 @@ pub(crate) async fn prepare_writes(client: &impl GenericClient) -> Result<()> {
     Ok(())
 }
 
+/// Prepares every statement above on a new connection, concurrently so that they travel in
+/// one round trip. Failures are left for the statement's first use to report (before the
+/// first migration the tables do not exist yet, and the migration needs this connection).
+pub(crate) async fn prepare_all(client: &deadpool_postgres::ClientWrapper) {
+    let (keys, creds, upsert, clear) = tokio::join!(
+        client.prepare_typed_cached(GET_KEYS, &[Type::TEXT, Type::TEXT, Type::TEXT_ARRAY]),
+        client.prepare_typed_cached(GET_CREDS, &[Type::TEXT]),
+        client.prepare_typed_cached(UPSERT, UPSERT_TYPES),
+        client.prepare_typed_cached(CLEAR, &[Type::TEXT]),
+    );
+    if let Err(e) = keys.and(creds).and(upsert).and(clear) {
+        tracing::debug!(error = %e, "statements not prepared ahead; they will be on first use");
+    }
+}
+
 /// One round trip that proves the database answers.
 pub(crate) async fn probe(client: &tokio_postgres::Client) -> Result<()> {
     client.simple_query("SELECT 1").await?;
