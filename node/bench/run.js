@@ -11,7 +11,7 @@
 // the delay proxy (`examples/delay_proxy.rs`, src/delay_proxy.rs; built with cargo on first
 // use); set-up and migrations go direct.
 // Options (env): BENCH_MESSAGES_PER_ACCOUNT (40), BENCH_ACCOUNTS (50), BENCH_REPS (8),
-// BENCH_JSON (a file to write the results to, as JSON).
+// BENCH_JSON (a file to write the results to, as JSON), BENCH_IMPLS (e.g. `addon`: only these).
 // CPU columns: seconds of CPU per 1,000 units (messages, keys or gets) of the Node process
 // (process.cpuUsage) and of PostgreSQL (the postmaster and all its children, read from
 // /proc/<pid>/stat; needs the server on this host, else "-").
@@ -215,6 +215,9 @@ async function main () {
         async done () {}
       }
     ]
+    // BENCH_IMPLS=addon,reference-pg runs only those (e.g. to profile one of them).
+    const only = (process.env.BENCH_IMPLS || '').split(',').filter(Boolean)
+    if (only.length) impls.splice(0, impls.length, ...impls.filter((i) => only.includes(i.name)))
     for (const impl of impls) await impl.init()
 
     // 1. the 812-pre-key set (first connect)
@@ -334,7 +337,7 @@ async function main () {
   for (const r of results) {
     const addon = results.find((x) => x.workload === r.workload && x.impl === 'addon')
     rows.push([r.workload, r.impl, `${r.rate.toFixed(0)} ${r.unit}`, r.p50.toFixed(3), r.p99.toFixed(3),
-      r.impl === 'addon' ? '-' : `${(addon.rate / r.rate).toFixed(2)}x`, cpuText(r.cpu.node), cpuText(r.cpu.pg)])
+      r.impl === 'addon' || !addon ? '-' : `${(addon.rate / r.rate).toFixed(2)}x`, cpuText(r.cpu.node), cpuText(r.cpu.pg)])
   }
   const w = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)))
   const line = (r) => '| ' + r.map((x, c) => x.padEnd(w[c])).join(' | ') + ' |'
