@@ -33,15 +33,15 @@ const VARIANTS = [
   { name: 'before 0005 (exact expires_at)', setup: [], expires: EXACT },
   { name: 'fillfactor 70', setup: ['ALTER TABLE whatsapp_keys SET (fillfactor = 70)'], expires: EXACT },
   { name: 'expires_at to the hour', setup: [], expires: HOURLY },
-  { name: 'fillfactor 70 + expires_at to the hour', setup: ['ALTER TABLE whatsapp_keys SET (fillfactor = 70)'], expires: HOURLY },
+  { name: '0005: fillfactor 70 + expires_at to the hour', setup: ['ALTER TABLE whatsapp_keys SET (fillfactor = 70)'], expires: HOURLY },
   {
-    name: '0005 (+ value SET STORAGE EXTERNAL)',
+    name: '0005 + value SET STORAGE EXTERNAL',
     setup: ['ALTER TABLE whatsapp_keys SET (fillfactor = 70)', 'ALTER TABLE whatsapp_keys ALTER COLUMN value SET STORAGE EXTERNAL'],
     expires: HOURLY
   },
   {
     // Keeps values up to 8 KB inline: no TOAST work, but a ~4 KB row leaves no room for HOT.
-    name: '0005 without EXTERNAL, + toast_tuple_target 8160',
+    name: '0005 + toast_tuple_target 8160',
     setup: ['ALTER TABLE whatsapp_keys SET (fillfactor = 70, toast_tuple_target = 8160)'],
     expires: HOURLY
   }
