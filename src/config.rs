@@ -157,8 +157,10 @@ pub struct Config {
     /// for the commit in flight first. 1 turns pipelining off (a proxy that cannot pipeline).
     pub pipeline_depth: usize,
     /// Send ahead only as far as the link's latency warrants (measured by each lane), up to
-    /// `pipeline_depth`: on a fast link every extra statement in flight would only split group
-    /// commits. Off: always up to `pipeline_depth` (tests that need a known depth).
+    /// `pipeline_depth`: on a fast link statements in flight mostly split group commits (more
+    /// statements, more database CPU), so a lane sends only as many as the server can run
+    /// while one crosses the link. Off: always up to `pipeline_depth` (tests that need a known
+    /// depth). For the least database CPU on a fast link, set `pipeline_depth` to 1.
     pub pipeline_pacing: bool,
     /// What writes do during an outage.
     pub outage_policy: OutagePolicy,
