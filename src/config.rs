@@ -72,7 +72,9 @@ impl FromStr for OutagePolicy {
     }
 }
 
-/// Time to live per key type: every write sets `expires_at = now() + ttl(type)`.
+/// Time to live per key type: every write sets `expires_at = now() + ttl(type)`, rounded up to
+/// a step of 1/128 of the TTL (at most an hour), so that rewrites within a step leave the
+/// expiry index alone (HOT updates).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TtlPolicy {
     /// TTL of types without an entry in `per_type`.
@@ -210,6 +212,16 @@ pub struct Config {
     /// Fewer lanes make fewer, larger commits (PostgreSQL's cost is per statement more than
     /// per row); two keep one company's huge login burst from delaying everyone else.
     pub write_lanes: usize,
+    /// Most statements a writer lane sends before the first of them is answered (pipelining on
+    /// one connection): over a slow link a write then waits one round trip instead of waiting
+    /// for the commit in flight first. 1 turns pipelining off (a proxy that cannot pipeline).
+    pub pipeline_depth: usize,
+    /// Send ahead only as far as the link's latency warrants (measured by each lane), up to
+    /// `pipeline_depth`: on a fast link statements in flight mostly split group commits (more
+    /// statements, more database CPU), so a lane sends only as many as the server can run
+    /// while one crosses the link. Off: always up to `pipeline_depth` (tests that need a known
+    /// depth). For the least database CPU on a fast link, set `pipeline_depth` to 1.
+    pub pipeline_pacing: bool,
     /// What writes do during an outage.
     pub outage_policy: OutagePolicy,
     /// Append-only journal for writes accepted during an outage; replayed on start.
@@ -236,6 +248,8 @@ impl fmt::Debug for Config {
             .field("cache", &self.cache)
             .field("group_commit", &self.group_commit)
             .field("write_lanes", &self.write_lanes)
+            .field("pipeline_depth", &self.pipeline_depth)
+            .field("pipeline_pacing", &self.pipeline_pacing)
             .field("outage_policy", &self.outage_policy)
             .field("journal_path", &self.journal_path)
             .field("max_pending_bytes", &self.max_pending_bytes)
@@ -260,6 +274,8 @@ impl Config {
             ttl: TtlPolicy::default(),
             group_commit: true,
             write_lanes: 2,
+            pipeline_depth: 8,
+            pipeline_pacing: true,
             outage_policy: OutagePolicy::Buffer,
             journal_path: None,
             max_pending_bytes: 64 * 1024 * 1024,

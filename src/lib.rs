@@ -23,6 +23,8 @@ pub mod write;
 pub mod ops;
 
 #[cfg(feature = "tempdb")]
+pub mod delay_proxy;
+#[cfg(feature = "tempdb")]
 pub mod tempdb;
 
 pub use cache::CacheStats;

@@ -2,16 +2,27 @@
 'use strict'
 // Side-by-side benchmark, one run: the addon vs. a reference JS implementation of the old
 // module (bench/reference-pg.js) vs. Baileys' useMultiFileAuthState in a temp dir.
-//   npm run bench          (builds the release addon first)
-//   node bench/run.js      (uses the addon as last built: node/authstate.<platform>.node)
+//   npm run bench                       (builds the release addon first; loopback)
+//   node bench/run.js                   (uses the addon as last built: node/authstate.<platform>.node; loopback)
+//   node bench/run.js --rtt-ms 20       (through the delay proxy: 10 ms each way)
+//   node bench/run.js --rtt-ms 50       (25 ms each way)
 // DATABASE_URL is used when set, otherwise `authstate tempdb` starts a throwaway cluster.
-// Options (env): BENCH_MESSAGES_PER_ACCOUNT (40), BENCH_ACCOUNTS (50), BENCH_REPS (8).
+// With --rtt-ms (or BENCH_RTT_MS) the addon and the reference module reach PostgreSQL through
+// the delay proxy (`examples/delay_proxy.rs`, src/delay_proxy.rs; built with cargo on first
+// use); set-up and migrations go direct.
+// Options (env): BENCH_MESSAGES_PER_ACCOUNT (40), BENCH_ACCOUNTS (50), BENCH_REPS (8),
+// BENCH_JSON (a file to write the results to, as JSON), BENCH_IMPLS (e.g. `addon`: only these).
+// CPU columns: seconds of CPU per 1,000 units (messages, keys or gets) of the Node process
+// (process.cpuUsage) and of PostgreSQL (the postmaster and all its children, read from
+// /proc/<pid>/stat; needs the server on this host, else "-").
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
-const { Pool } = require('pg')
+const readline = require('node:readline')
+const { spawn, spawnSync } = require('node:child_process')
+const { Pool, Client } = require('pg')
 const { openStore, usePostgresAuthState } = require('..')
-const { freshDatabase } = require('../test/helpers/db.js')
+const { freshDatabase, targetDir, ROOT } = require('../test/helpers/db.js')
 const { loadBaileys } = require('../test/helpers/signal.js')
 const { makeReference } = require('./reference-pg.js')
 
@@ -19,6 +30,120 @@ const ACCOUNTS = Number(process.env.BENCH_ACCOUNTS || 50)
 const PER_ACCOUNT = Number(process.env.BENCH_MESSAGES_PER_ACCOUNT || 40)
 const REPS = Number(process.env.BENCH_REPS || 8)
 const FIXTURES = path.join(__dirname, '..', '..', 'tests', 'fixtures', 'baileys')
+const RTT_MS = (() => {
+  const i = process.argv.indexOf('--rtt-ms')
+  const v = i >= 0 ? process.argv[i + 1] : process.env.BENCH_RTT_MS
+  const n = Number(v || 0)
+  if (!Number.isFinite(n) || n < 0) throw new Error(`--rtt-ms: not a number of milliseconds: ${v}`)
+  return n
+})()
+
+// --- the delay proxy -----------------------------------------------------------------------
+
+function proxyBinary () {
+  const found = ['release', 'debug'].map((p) => path.join(targetDir(), p, 'examples', 'delay_proxy'))
+    .filter((f) => fs.existsSync(f))
+    .sort((a, b) => fs.statSync(b).mtimeMs - fs.statSync(a).mtimeMs)
+  if (found.length) return found[0]
+  const r = spawnSync('cargo', ['build', '--release', '--example', 'delay_proxy'], { cwd: ROOT, stdio: 'inherit' })
+  if (r.status !== 0) throw new Error('cannot build the delay proxy (cargo build --release --example delay_proxy)')
+  return path.join(targetDir(), 'release', 'examples', 'delay_proxy')
+}
+
+const isUrl = (url) => /^postgres(ql)?:\/\//.test(url)
+
+// host and port of a postgres:// URL or a libpq key=value string
+function hostPort (url) {
+  if (isUrl(url)) {
+    const u = new URL(url)
+    return { host: u.hostname || '127.0.0.1', port: Number(u.port || 5432) }
+  }
+  const kv = (k) => (url.match(new RegExp(`\\b${k}=(\\S+)`)) || [])[1]
+  return { host: kv('host') || '127.0.0.1', port: Number(kv('port') || 5432) }
+}
+
+function withHostPort (url, host, port) {
+  if (isUrl(url)) {
+    const u = new URL(url)
+    u.hostname = host
+    u.port = String(port)
+    return u.toString()
+  }
+  return url.replace(/\bhost=\S+/, '').replace(/\bport=\S+/, '') + ` host=${host} port=${port}`
+}
+
+// Starts the proxy (delay each way = rtt / 2); resolves to { url, stop() }.
+function startProxy (url, rttMs) {
+  const { host, port } = hostPort(url)
+  if (host.startsWith('/')) throw new Error('the delay proxy needs a TCP database URL, not a unix socket')
+  const bin = proxyBinary()
+  const child = spawn(bin, ['--upstream', `${host}:${port}`, '--delay-ms', String(Math.round(rttMs / 2))],
+    { stdio: ['pipe', 'pipe', 'inherit'] })
+  return new Promise((resolve, reject) => {
+    const rl = readline.createInterface({ input: child.stdout })
+    child.on('error', reject)
+    child.on('exit', (code) => reject(new Error(`delay proxy exited with ${code}`)))
+    rl.once('line', (line) => {
+      const { listen } = JSON.parse(line)
+      const at = listen.lastIndexOf(':')
+      resolve({
+        url: withHostPort(url, listen.slice(0, at), Number(listen.slice(at + 1))),
+        stop: () => new Promise((resolve) => { child.once('exit', resolve); child.stdin.end() })
+      })
+    })
+  })
+}
+
+// --- CPU of PostgreSQL -----------------------------------------------------------------------
+
+const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout) || 100
+
+// Fields of /proc/<pid>/stat after the command name: [0] = field 3 (state), [1] = ppid.
+function statFields (pid) {
+  const s = fs.readFileSync(`/proc/${pid}/stat`, 'utf8')
+  return s.slice(s.lastIndexOf(')') + 2).split(' ')
+}
+
+// The postmaster's pid (the parent of our backend), or null when it is not on this host.
+async function postmasterPid (url) {
+  const c = new Client({ connectionString: url })
+  await c.connect()
+  try {
+    const { rows } = await c.query('SELECT pg_backend_pid() AS pid')
+    return Number(statFields(rows[0].pid)[1])
+  } catch {
+    return null
+  } finally {
+    await c.end()
+  }
+}
+
+// CPU seconds of the postmaster, its ended children (cutime + cstime) and its live children.
+function pgCpuSeconds (pm) {
+  if (!pm) return NaN
+  const f = statFields(pm)
+  let ticks = Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue
+    try {
+      const c = statFields(d)
+      if (Number(c[1]) === pm) ticks += Number(c[11]) + Number(c[12])
+    } catch {} // ended meanwhile
+  }
+  return ticks / CLK_TCK
+}
+
+// CPU of both processes over a phase: const m = meter(pm); ...; m.stop() -> { node, pg } s
+function meter (pm) {
+  const n0 = process.cpuUsage()
+  const p0 = pgCpuSeconds(pm)
+  return {
+    stop () {
+      const n = process.cpuUsage(n0)
+      return { node: (n.user + n.system) / 1e6, pg: pgCpuSeconds(pm) - p0 }
+    }
+  }
+}
 
 const now = () => performance.now()
 function pct (xs, p) {
@@ -31,11 +156,16 @@ async function main () {
   const B = await loadBaileys()
   const db = await freshDatabase()
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'authstate-bench-'))
-  const results = [] // {workload, impl, rate, unit, p50, p99}
+  const results = [] // {workload, impl, rate, unit, p50, p99, cpu: {node, pg} s per 1,000 units}
+  let proxy
   try {
     const setupStore = await openStore({ url: db.url })
     await setupStore.migrate()
     await setupStore.close()
+    const pm = await postmasterPid(db.url)
+    if (RTT_MS > 0) proxy = await startProxy(db.url, RTT_MS)
+    const url = proxy ? proxy.url : db.url
+    const per1k = (m, units) => ({ node: (m.node * 1000) / units, pg: (m.pg * 1000) / units })
 
     const fixture = (f) => JSON.parse(fs.readFileSync(path.join(FIXTURES, f), 'utf8')).canonical
     const sessionValue = JSON.parse(JSON.stringify(fixture('session-2.json')), B.BufferJSON.reviver)
@@ -43,14 +173,14 @@ async function main () {
     const preKeys = {}
     for (let i = 1; i <= 812; i++) preKeys[i] = B.Curve.generateKeyPair()
 
-    const pool = new Pool({ connectionString: db.url, max: 20 })
+    const pool = new Pool({ connectionString: url, max: 20 })
     const impls = [
       {
         name: 'addon',
-        async init () { this.store = await openStore({ url: db.url }) },
+        async init () { this.store = await openStore({ url }) },
         open (c) { return usePostgresAuthState(this.store, c) },
         async coldGet (c, type, ids) {
-          const store = await openStore({ url: db.url })
+          const store = await openStore({ url })
           const auth = await usePostgresAuthState(store, c)
           const t0 = now()
           const got = await auth.state.keys.get(type, ids)
@@ -85,12 +215,16 @@ async function main () {
         async done () {}
       }
     ]
+    // BENCH_IMPLS=addon,reference-pg runs only those (e.g. to profile one of them).
+    const only = (process.env.BENCH_IMPLS || '').split(',').filter(Boolean)
+    if (only.length) impls.splice(0, impls.length, ...impls.filter((i) => only.includes(i.name)))
     for (const impl of impls) await impl.init()
 
     // 1. the 812-pre-key set (first connect)
     for (const impl of impls) {
       const lat = []
       let total = 0
+      const m = meter(pm)
       for (let r = 0; r < REPS; r++) {
         const auth = await impl.open(`pk_${impl.name.replace(/\W/g, '')}_${r}`)
         const t0 = now()
@@ -99,7 +233,8 @@ async function main () {
         lat.push(dt)
         total += dt
       }
-      results.push({ workload: '812-pre-key set', impl: impl.name, rate: (812 * REPS) / (total / 1000), unit: 'keys/s', p50: pct(lat, 50), p99: pct(lat, 99) })
+      const cpu = per1k(m.stop(), 812 * REPS)
+      results.push({ workload: '812-pre-key set', impl: impl.name, rate: (812 * REPS) / (total / 1000), unit: 'keys/s', p50: pct(lat, 50), p99: pct(lat, 99), cpu })
     }
 
     // 2. 50 accounts exchanging messages (storage traffic of Signal messaging)
@@ -112,10 +247,17 @@ async function main () {
       const membersOf = (g) => [...Array(ACCOUNTS).keys()].filter((i) => groupOf(i) === g)
       const session1 = async (keys, peer) => {
         const { [peer]: s } = await keys.get('session', [peer])
-        await keys.set({ session: { [peer]: s || sessionValue } })
+        await timedSet(keys, { session: { [peer]: s || sessionValue } })
       }
       const lat = []
+      const setLat = [] // each set of the messages alone: what pipelining is about
+      const timedSet = async (keys, data) => {
+        const s0 = now()
+        await keys.set(data)
+        setLat.push(now() - s0)
+      }
       let messages = 0
+      const m = meter(pm)
       const t0 = now()
       await Promise.all(accts.map(async (keys, i) => {
         for (let k = 0; k < PER_ACCOUNT; k++) {
@@ -124,14 +266,14 @@ async function main () {
             const g = groupOf(i)
             const name = `${g}::${addr(i)}`
             const { [name]: sk } = await keys.get('sender-key', [name])
-            await keys.set({ 'sender-key': { [name]: sk || senderKeyValue } })
+            await timedSet(keys, { 'sender-key': { [name]: sk || senderKeyValue } })
             const members = membersOf(g).filter((j) => j !== i)
             const memory = {}
             for (const j of members) memory[`55119${String(j).padStart(8, '0')}@s.whatsapp.net`] = true
-            await keys.set({ 'sender-key-memory': { [g]: memory } })
+            await timedSet(keys, { 'sender-key-memory': { [g]: memory } })
             for (const j of members) {
               const { [name]: rsk } = await accts[j].get('sender-key', [name])
-              await accts[j].set({ 'sender-key': { [name]: rsk || senderKeyValue } })
+              await timedSet(accts[j], { 'sender-key': { [name]: rsk || senderKeyValue } })
             }
           } else {
             const j = (i + 1 + k) % ACCOUNTS
@@ -143,7 +285,10 @@ async function main () {
         }
       }))
       const total = now() - t0
-      results.push({ workload: `${ACCOUNTS} accounts messaging`, impl: impl.name, rate: messages / (total / 1000), unit: 'msg/s', p50: pct(lat, 50), p99: pct(lat, 99) })
+      const cpu = per1k(m.stop(), messages)
+      results.push({ workload: `${ACCOUNTS} accounts messaging`, impl: impl.name, rate: messages / (total / 1000), unit: 'msg/s', p50: pct(lat, 50), p99: pct(lat, 99), cpu })
+      const noCpu = { node: NaN, pg: NaN }
+      results.push({ workload: '  its sets alone', impl: impl.name, rate: setLat.length / (total / 1000), unit: 'sets/s', p50: pct(setLat, 50), p99: pct(setLat, 99), cpu: noCpu })
     }
 
     // 3. cold get of 1,000 keys, 4. cached get
@@ -160,18 +305,21 @@ async function main () {
       }
       await auth.state.keys.set({ session: data })
       const lat = []
+      const m = meter(pm) // includes opening a store per cold get (addon)
       for (let r = 0; r < Math.max(3, Math.floor(REPS / 2)); r++) {
         const { got, dt } = await impl.coldGet(company, 'session', ids)
         if (Object.keys(got).length !== 1000) throw new Error(`${impl.name}: cold get returned ${Object.keys(got).length}`)
         lat.push(dt)
       }
       const sum = lat.reduce((a, b) => a + b, 0)
-      results.push({ workload: 'cold get of 1,000 keys', impl: impl.name, rate: (1000 * lat.length) / (sum / 1000), unit: 'keys/s', p50: pct(lat, 50), p99: pct(lat, 99) })
+      const cpu = per1k(m.stop(), 1000 * lat.length)
+      results.push({ workload: 'cold get of 1,000 keys', impl: impl.name, rate: (1000 * lat.length) / (sum / 1000), unit: 'keys/s', p50: pct(lat, 50), p99: pct(lat, 99), cpu })
 
       const hot = await impl.open(company)
       await hot.state.keys.get('session', [ids[0]]) // warm
       const lat2 = []
       const n = 3000
+      const m2 = meter(pm)
       const t0 = now()
       for (let r = 0; r < n; r++) {
         const a = now()
@@ -180,21 +328,24 @@ async function main () {
         if (!got[ids[r % 10]]) throw new Error('cached get missed')
       }
       const total = now() - t0
-      results.push({ workload: 'cached get (1 session)', impl: impl.name, rate: n / (total / 1000), unit: 'gets/s', p50: pct(lat2, 50), p99: pct(lat2, 99) })
+      const cpu2 = per1k(m2.stop(), n)
+      results.push({ workload: 'cached get (1 session)', impl: impl.name, rate: n / (total / 1000), unit: 'gets/s', p50: pct(lat2, 50), p99: pct(lat2, 99), cpu: cpu2 })
     }
     for (const impl of impls) await impl.done()
     await pool.end()
   } finally {
+    if (proxy) await proxy.stop()
     fs.rmSync(tmp, { recursive: true, force: true })
     await db.close()
   }
 
   // table
-  const rows = [['workload', 'implementation', 'throughput', 'p50 ms', 'p99 ms', 'addon vs this']]
+  const rows = [['workload', 'implementation', 'throughput', 'p50 ms', 'p99 ms', 'addon vs this', 'node CPU s/1k', 'PG CPU s/1k']]
+  const cpuText = (x) => Number.isFinite(x) ? x.toFixed(3) : '-'
   for (const r of results) {
     const addon = results.find((x) => x.workload === r.workload && x.impl === 'addon')
     rows.push([r.workload, r.impl, `${r.rate.toFixed(0)} ${r.unit}`, r.p50.toFixed(3), r.p99.toFixed(3),
-      r.impl === 'addon' ? '-' : `${(addon.rate / r.rate).toFixed(2)}x`])
+      r.impl === 'addon' || !addon ? '-' : `${(addon.rate / r.rate).toFixed(2)}x`, cpuText(r.cpu.node), cpuText(r.cpu.pg)])
   }
   const w = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)))
   const line = (r) => '| ' + r.map((x, c) => x.padEnd(w[c])).join(' | ') + ' |'
@@ -202,7 +353,10 @@ async function main () {
   console.log('|' + w.map((n) => '-'.repeat(n + 2)).join('|') + '|')
   for (const r of rows.slice(1)) console.log(line(r))
   console.log(`\n${ACCOUNTS} accounts x ${PER_ACCOUNT} messages (every 5th a group message to a ${ACCOUNTS / 10}-member group); ` +
-    `${REPS} reps of the 812-key set; node ${process.version}, ${os.cpus().length} cores`)
+    `${REPS} reps of the 812-key set; node ${process.version}, ${os.cpus().length} cores; ` +
+    (RTT_MS > 0 ? `through the delay proxy, ${RTT_MS} ms round trip` : 'loopback (no proxy)') +
+    `; load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`)
+  if (process.env.BENCH_JSON) fs.writeFileSync(process.env.BENCH_JSON, JSON.stringify({ rttMs: RTT_MS, results }, null, 2))
 }
 
 main().catch((e) => { console.error(e); process.exit(1) })

@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "process_snapshots",
         sql: include_str!("../../migrations/0004_process_snapshots.sql"),
     },
+    Migration {
+        version: 5,
+        name: "storage",
+        sql: include_str!("../../migrations/0005_storage.sql"),
+    },
 ];
 
 /// Advisory lock key: "authstate" as a number, so other tools' locks do not collide.

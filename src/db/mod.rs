@@ -13,6 +13,7 @@ pub mod migrate;
 pub(crate) mod sql;
 mod tls;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -101,6 +102,20 @@ impl Db {
         }
     }
 
+    /// Checks out one connection to send several statements on before their answers arrive
+    /// (pipelining), within the connect timeout. Every statement on it still goes through the
+    /// rules of [`Db::call`]: see [`PipeConn::call`].
+    pub(crate) async fn pipe_conn(&self) -> Result<PipeConn> {
+        let client = self.client().await?;
+        Ok(PipeConn {
+            held: Arc::new(Held {
+                client: Some(client),
+                broken: AtomicBool::new(false),
+            }),
+            call_bound: self.call_bound,
+        })
+    }
+
     /// Occupancy of the pool, for metrics and health.
     pub(crate) fn pool_stats(&self) -> PoolStats {
         let s = self.pool.status();
@@ -122,6 +137,82 @@ impl Db {
     pub(crate) async fn close(&self) {
         self.pool.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.conns.all_ended()).await;
+    }
+}
+
+/// One pooled connection shared by concurrent calls, so that tokio-postgres pipelines their
+/// statements: each is sent at once, PostgreSQL runs them one after the other in the order
+/// sent, and the answers come back in that order. Cloning shares the connection.
+///
+/// The guarantees of [`Db::call`] hold per call: each is bounded by the statement plus connect
+/// timeout, and a call that failed for connectivity, timed out or was dropped before it
+/// finished marks the connection broken. A broken connection takes no new calls
+/// ([`PipeConn::is_broken`]) and is closed, not returned to the pool, once its last user is
+/// gone; a healthy one goes back to the pool then.
+#[derive(Clone)]
+pub(crate) struct PipeConn {
+    held: Arc<Held>,
+    call_bound: Duration,
+}
+
+struct Held {
+    client: Option<Client>,
+    broken: AtomicBool,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            if self.broken.load(Ordering::Acquire) {
+                drop(deadpool_postgres::Object::take(c));
+            }
+        }
+    }
+}
+
+/// Marks the connection broken when a call is dropped before it finished (it may have left
+/// a statement running, or half a message written).
+struct BreakUnlessDone<'a>(&'a AtomicBool, bool);
+
+impl Drop for BreakUnlessDone<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+}
+
+impl PipeConn {
+    /// True once a call on this connection failed for connectivity or was cut short: the
+    /// caller must take a new connection (after the calls still in flight on this one ended).
+    pub(crate) fn is_broken(&self) -> bool {
+        self.held.broken.load(Ordering::Acquire)
+            || self.held.client.as_ref().is_none_or(|c| c.is_closed())
+    }
+
+    /// Runs `f` on the shared connection with the guarantees of [`Db::call`]. The statement
+    /// `f` sends is sent on the first poll of the returned future when `f` does not wait
+    /// before sending (an unnamed statement, see [`sql`]): the caller that polls calls in
+    /// order gets them run in that order.
+    pub(crate) async fn call<T>(
+        &self,
+        what: &str,
+        f: impl AsyncFnOnce(&Client) -> Result<T>,
+    ) -> Result<T> {
+        let held = &*self.held;
+        let mut guard = BreakUnlessDone(&held.broken, false);
+        let Some(client) = held.client.as_ref() else {
+            return Err(Error::internal("connection vanished"));
+        };
+        let result = match tokio::time::timeout(self.call_bound, f(client)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::timeout(format!(
+                "{what} did not finish within {} ms",
+                self.call_bound.as_millis()
+            ))),
+        };
+        guard.1 = !matches!(&result, Err(e) if e.is_unavailable());
+        result
     }
 }
 

@@ -114,6 +114,9 @@ pub(crate) async fn get_creds(
     }
 }
 
+// `expires_at` is rounded up to whole steps of 1/128 of the TTL, at most an hour: a key
+// rewritten within the step keeps the same `expires_at`, so the update changes no indexed
+// column and PostgreSQL can make it a HOT update (see migrations/0005_storage.sql).
 const UPSERT: &str = "
 WITH del AS (
     DELETE FROM whatsapp_keys k
@@ -122,8 +125,12 @@ WITH del AS (
     RETURNING 1
 ), ups AS (
     INSERT INTO whatsapp_keys AS k (company_id, key_type, key_id, value, updated_at, expires_at)
-    SELECT u.c, u.t, u.i, u.v::jsonb, now(), now() + make_interval(secs => u.ttl)
+    SELECT u.c, u.t, u.i, u.v::jsonb, now(),
+        CASE WHEN g.s >= 1
+            THEN to_timestamp(ceil(extract(epoch FROM now() + make_interval(secs => u.ttl)) / g.s) * g.s)
+            ELSE now() + make_interval(secs => u.ttl) END
     FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::float8[]) AS u(c, t, i, v, ttl)
+    CROSS JOIN LATERAL (SELECT floor(least(3600, u.ttl / 128)) AS s) AS g
     ON CONFLICT (company_id, key_type, key_id) DO UPDATE
         SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at
     RETURNING 1

@@ -31,7 +31,10 @@ pub(crate) async fn commit(wp: &WritePath, ops: &[(&Company, &Op)]) -> Result<()
         .await
 }
 
-async fn run_step(client: &impl tokio_postgres::GenericClient, step: &Step<'_>) -> Result<()> {
+pub(crate) async fn run_step(
+    client: &impl tokio_postgres::GenericClient,
+    step: &Step<'_>,
+) -> Result<()> {
     match step {
         Step::Clear(company) => sql::clear(client, company).await,
         Step::Upsert(u) => sql::upsert(client, u).await,

@@ -152,6 +152,8 @@ pub(crate) struct WritePath {
     pub(crate) outage: Outage,
     ttl: TtlPolicy,
     group_commit: bool,
+    pipeline_depth: usize,
+    pipeline_pacing: bool,
     lanes: RwLock<Vec<mpsc::UnboundedSender<Request>>>,
     /// The lane tasks: they end by themselves once their channel is closed and drained.
     lane_tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -181,6 +183,8 @@ impl WritePath {
             outage,
             ttl: config.ttl.clone(),
             group_commit: config.group_commit,
+            pipeline_depth: config.pipeline_depth.max(1),
+            pipeline_pacing: config.pipeline_pacing,
             lanes: RwLock::new(Vec::new()),
             lane_tasks: Mutex::new(Vec::new()),
             reconnect_task: Mutex::new(None),
