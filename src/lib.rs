@@ -13,6 +13,7 @@ mod value;
 
 // The database layer, then the write path on top of it, then the facades.
 pub mod db;
+mod lease;
 mod session;
 mod store;
 pub mod write;
@@ -25,6 +26,7 @@ pub use config::{CacheConfig, Config, OutagePolicy, SslMode, TtlPolicy};
 pub use db::migrate::{self, MigrationReport};
 pub use db::PoolStats;
 pub use error::{Error, ErrorKind, Result};
+pub use lease::LeaseStatus;
 pub use session::Session;
 pub use store::{MetricsSnapshot, Store};
 pub use value::{parse_writes, KeyWrite, StoredValue};

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::db::migrate::{self, MigrationReport};
 use crate::db::{Db, PoolStats};
 use crate::error::{Error, Result};
+use crate::lease::{self, LeaseStatus};
 use crate::metrics::{Metrics, OpSnapshot};
 use crate::session::Session;
 use crate::validate;
@@ -84,6 +85,8 @@ pub struct MetricsSnapshot {
     pub cache: CacheStats,
     /// Outage state and pending writes.
     pub outage: OutageStatus,
+    /// Company leases: held, pending, lost.
+    pub leases: LeaseStatus,
 }
 
 impl MetricsSnapshot {
@@ -111,7 +114,7 @@ impl Store {
             db.clone(),
             Arc::new(Cache::new(config.cache)),
             Arc::new(Metrics::default()),
-            Arc::new(Companies::new(lanes)),
+            Arc::new(Companies::new(lanes, config.lease)),
         )?;
         // Fail fast on a wrong address or password; an unreachable server with a journal to
         // replay starts in outage mode instead, so the journal is never ignored.
@@ -124,6 +127,15 @@ impl Store {
         let mut tasks = Vec::new();
         if let Some(idle) = config.idle_timeout {
             tasks.push(tokio::spawn(reap_idle(Arc::downgrade(&db), idle)));
+        }
+        if config.lease {
+            tasks.push(tokio::spawn(lease::run(
+                Arc::downgrade(&wp.leases),
+                Arc::downgrade(&db),
+                Arc::downgrade(&wp.cache),
+                Arc::downgrade(&wp.metrics),
+                Arc::downgrade(&wp.companies),
+            )));
         }
         if had_journal {
             // Replay before anything else; if it fails the reconnect loop keeps trying.
@@ -156,16 +168,52 @@ impl Store {
     }
 
     /// Opens the state of one company. The id is validated (`[A-Za-z0-9_-]{1,50}`).
+    ///
+    /// With the lease on ([`Config::lease`], the default) it acquires the company's lease
+    /// first: when another store holds it, the call fails with [`crate::ErrorKind::Locked`]
+    /// naming the holder (host, pid, instance, since when). During an outage the session opens
+    /// without the lease; it is acquired before the first write reaches the database.
     pub async fn session(&self, company_id: &str) -> Result<Session> {
+        self.open_session(company_id, None).await
+    }
+
+    /// [`Store::session`], but while another store holds the lease it tries again until it
+    /// gets it or `timeout` has passed (then `Locked`). A holder that died loses the lease
+    /// after [`Config::lease_expiry`]; one that closed releases it at once.
+    pub async fn session_wait(&self, company_id: &str, timeout: Duration) -> Result<Session> {
+        self.open_session(company_id, Some(timeout)).await
+    }
+
+    async fn open_session(&self, company_id: &str, wait: Option<Duration>) -> Result<Session> {
         validate::company_id(company_id)?;
-        if self.inner.wp.is_closed() {
-            return Err(Error::closed("the store is closed"));
+        let wp = &self.inner.wp;
+        let deadline = wait.map(|w| Instant::now() + w);
+        loop {
+            if wp.is_closed() {
+                return Err(Error::closed("the store is closed"));
+            }
+            let company = wp.companies.get(company_id);
+            if wp.leases.enabled() && !wp.outage.is_down() {
+                match wp.leases.acquire(&wp.db, &wp.metrics, &company).await {
+                    Ok(()) => {}
+                    // Keep serving: the lease is taken before the first write lands.
+                    Err(e) if e.is_unavailable() => wp.on_error(&e),
+                    Err(e) if lease::is_locked(&e) => {
+                        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                        match left {
+                            Some(left) if !left.is_zero() => {
+                                drop(company);
+                                tokio::time::sleep(wp.leases.poll_interval().min(left)).await;
+                                continue;
+                            }
+                            _ => return Err(e),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(Session::new(wp.clone(), company, self.guard.clone()));
         }
-        Ok(Session::new(
-            self.inner.wp.clone(),
-            self.inner.wp.companies.get(company_id),
-            self.guard.clone(),
-        ))
     }
 
     /// A weak handle on the shared state, so tests can check that dropping every handle
@@ -193,6 +241,7 @@ impl Store {
             pool: self.inner.db.pool_stats(),
             cache: wp.cache.stats(),
             outage: wp.outage.status(),
+            leases: wp.leases.status(&wp.companies),
         }
     }
 
@@ -209,7 +258,15 @@ impl Store {
             t.abort();
             let _ = t.await;
         }
-        let report = self.inner.wp.close().await;
+        let wp = &self.inner.wp;
+        let report = wp.close().await;
+        // Hand the leases back at once so another process takes the accounts over now. Not
+        // when writes stay unflushed: the next start replays them under these leases.
+        if wp.leases.enabled() && report.unflushed.is_empty() && !wp.outage.is_down() {
+            if let Err(e) = wp.leases.release_all(&self.inner.db, &wp.companies).await {
+                tracing::warn!(error = %e, "releasing the leases at close failed; they expire");
+            }
+        }
         self.inner.db.close().await;
         Ok(report)
     }

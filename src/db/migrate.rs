@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "expiry_index",
         sql: include_str!("../../migrations/0002_expiry_index.sql"),
     },
+    Migration {
+        version: 3,
+        name: "leases",
+        sql: include_str!("../../migrations/0003_leases.sql"),
+    },
 ];
 
 /// Advisory lock key: "authstate" as a number, so other tools' locks do not collide.

@@ -7,6 +7,7 @@
 //! [`sql`]; schema migrations in [`migrate`].
 
 mod connect;
+pub(crate) mod lease_sql;
 pub mod migrate;
 pub(crate) mod sql;
 mod tls;

@@ -75,10 +75,10 @@ async fn process(wp: &Arc<WritePath>, mut batch: Vec<Request>) {
     wp.metrics
         .record("commit", started.elapsed(), result.is_ok());
     match result {
-        Ok(()) => {
-            commit::apply_committed(wp, &ops);
+        Ok(fenced) => {
+            commit::apply_committed(wp, &ops, &fenced);
             for r in batch {
-                r.reply.send(Ok(()));
+                r.reply.send(commit::outcome(&r.company, &fenced));
             }
         }
         Err(e) if e.is_unavailable() => {
@@ -135,6 +135,10 @@ pub(crate) mod tests {
             let mut config = Config::from_url(&cluster.url("lanepanic")).unwrap();
             // One lane: every company shares the lane that panics.
             config.write_lanes = 1;
+            let fresh_config = Config {
+                lease: false,
+                ..config.clone()
+            };
             let store = Store::open(config).await.unwrap();
             store.migrate().await.unwrap();
             let boom = store.session("boom").await.unwrap();
@@ -152,9 +156,8 @@ pub(crate) mod tests {
             assert_eq!(boom.get("session", &["2"]).await.unwrap().len(), 1);
             assert_eq!(other.get("session", &["3"]).await.unwrap().len(), 1);
             // The panicked batch wrote nothing.
-            let fresh = Store::open(Config::from_url(&cluster.url("lanepanic")).unwrap())
-                .await
-                .unwrap();
+            // A reader beside the holder of the lease: without a lease of its own.
+            let fresh = Store::open(fresh_config).await.unwrap();
             let s = fresh.session("boom").await.unwrap();
             assert!(s.get("session", &["1"]).await.unwrap().is_empty());
             fresh.close().await.unwrap();
