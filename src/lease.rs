@@ -268,22 +268,25 @@ impl Leases {
         .map(|_| ())
     }
 
-    /// At close: releases every lease held (one statement) and marks them released.
+    /// At close: releases every lease this store holds (one statement, by instance id, so a
+    /// release the lease task had begun when it was stopped is not missed) and marks them
+    /// released.
     pub(crate) async fn release_all(&self, db: &Db, companies: &Companies) -> Result<()> {
-        let mut pairs = std::mem::take(
-            &mut *companies
-                .releases
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
         for c in companies.live() {
-            if let LeaseState::Held { token } = c.lease() {
-                pairs.push((c.id.clone(), token));
-            }
             c.set_lease(LeaseState::Released);
         }
-        self.release(db, &pairs).await
+        companies
+            .releases
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let me = &self.me.instance;
+        db.call("release leases", async |c| {
+            lease_sql::release_instance(&*c, me).await
+        })
+        .await
+        .map(|_| ())
     }
 
     /// The state for metrics.

@@ -184,3 +184,17 @@ pub(crate) async fn release(
         .map_err(missing_table)?;
     Ok(client.execute(&stmt, &[&companies, &tokens]).await?)
 }
+
+const RELEASE_INSTANCE: &str = "
+UPDATE authstate_leases SET expires_at = now(), heartbeat_at = now(), released_at = now()
+WHERE holder_instance = $1 AND released_at IS NULL AND expires_at > now()";
+
+/// Gives up every lease the store instance `instance` holds (at close). A lease another
+/// holder took over carries that holder's instance, so it is not touched.
+pub(crate) async fn release_instance(client: &impl GenericClient, instance: &str) -> Result<u64> {
+    let stmt = client
+        .prepare_typed_cached(RELEASE_INSTANCE, &[Type::TEXT])
+        .await
+        .map_err(missing_table)?;
+    Ok(client.execute(&stmt, &[&instance]).await?)
+}
