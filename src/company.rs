@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::value::StoredValue;
 
-/// Where this process stands with the lease of one company (see [`crate::lease`]).
+/// Where this process stands with the lease of one company (the `lease` module acts on it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum LeaseState {
     /// The store runs without leases: writes are not fenced.
