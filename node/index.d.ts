@@ -58,6 +58,15 @@ export interface OpenStoreOptions {
   sslRootCert?: string
   /** TTL in ms: `default` for types without their own entry, and per key type. */
   ttlMs?: { default?: number } & { [keyType: string]: number | undefined }
+  // One writer per company (issue 11).
+  /** Hold a lease per company: a second process gets EAUTHSTATE_LOCKED (default true). */
+  lease?: boolean
+  /** A dead holder's lease is free after this long (default 30000). */
+  leaseExpiryMs?: number
+  /** Held leases are renewed this often, one statement for all (default 10000). */
+  leaseHeartbeatMs?: number
+  /** Where outage writes that lost their lease are written (default `<journalPath>.lost`). */
+  lostWritesPath?: string
 }
 
 export interface MigrationReport {

@@ -254,6 +254,33 @@ impl Leases {
         }
     }
 
+    /// Takes the leases of companies opened during an outage once the database answers, so a
+    /// session that only reads does not go on without its lease. One that another store holds
+    /// meanwhile is marked lost (what this process remembers of it may be stale), and so are
+    /// its outage writes when they are replayed. Companies inherited from a journal are left to
+    /// the journal's replay.
+    pub(crate) async fn acquire_pending(
+        &self,
+        db: &Db,
+        cache: &Cache,
+        metrics: &Metrics,
+        companies: &Companies,
+    ) {
+        for c in companies.live() {
+            if !matches!(c.lease(), LeaseState::Pending { inherited: None }) {
+                continue;
+            }
+            match self.acquire(db, metrics, &c).await {
+                Ok(()) => {}
+                Err(e) if is_locked(&e) => {
+                    self.mark_lost(cache, &c, None, e.message().to_string());
+                }
+                // Still away: try again at the next heartbeat.
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Releases `(company, token)` pairs with one statement.
     pub(crate) async fn release(&self, db: &Db, pairs: &[(Arc<str>, i64)]) -> Result<()> {
         if pairs.is_empty() {
@@ -386,6 +413,7 @@ pub(crate) async fn run(
         if tokio::time::Instant::now() >= next_beat {
             next_beat = tokio::time::Instant::now() + period;
             l.heartbeat(&db, &cache, &m, &cs).await;
+            l.acquire_pending(&db, &cache, &m, &cs).await;
         }
     }
 }

@@ -143,6 +143,11 @@ fn config_from_options(options: &Map<String, Value>) -> napi::Result<Config> {
                     }
                 }
             }
+            // One writer per company (issue 11): the lease is on by default.
+            "lease" => cfg.lease = opt_bool(v, name)?,
+            "leaseExpiryMs" => cfg.lease_expiry = opt_ms(v, name)?,
+            "leaseHeartbeatMs" => cfg.lease_heartbeat = opt_ms(v, name)?,
+            "lostWritesPath" => cfg.lost_writes_path = Some(PathBuf::from(opt_str(v, name)?)),
             other => return Err(invalid(format!("unknown option {other:?}"))),
         }
     }
