@@ -143,6 +143,21 @@ authstate_status authstate_store_open(const char *url_or_null,
                                       authstate_store **out);
 
 /**
+ * `authstate_store_open` with options: `flags` is 0 (the defaults: one writer per company,
+ * so a session of a company another process holds fails with `AUTHSTATE_LOCKED`) or
+ * `AUTHSTATE_OPEN_NO_LEASE`. Unknown flag bits give `AUTHSTATE_INVALID`.
+ *
+ * Ownership and errors as `authstate_store_open`.
+ *
+ * # Safety
+ *
+ * As `authstate_store_open`.
+ */
+authstate_status authstate_store_open_ex(const char *url_or_null,
+                                         uint32_t flags,
+                                         authstate_store **out);
+
+/**
  * Brings the database schema up to date (applies pending migrations in order, under an
  * advisory lock, so concurrent callers are safe). Adopts existing tables.
  *

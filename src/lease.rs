@@ -176,10 +176,10 @@ impl Leases {
         token: Option<i64>,
         why: String,
     ) -> bool {
-        tracing::error!(company = &*company.id, reason = %why, "lease lost");
-        if !company.lose_lease(token, why) {
+        if !company.lose_lease(token, why.clone()) {
             return false;
         }
+        tracing::error!(company = &*company.id, reason = %why, "lease lost");
         company.bump_epoch();
         company.set_last_creds(None);
         cache.remove_company(&company.id);

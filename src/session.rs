@@ -63,7 +63,7 @@ impl Session {
         Ok(())
     }
 
-    /// False once another store took this company's lease over: every call fails with
+    /// True once another store took this company's lease over: every call fails with
     /// `LOCKED`; open a session again (or [`crate::Store::session_wait`]) to get it back.
     pub fn lease_lost(&self) -> bool {
         matches!(

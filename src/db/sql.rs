@@ -107,11 +107,6 @@ pub(crate) async fn get_creds(
     }
 }
 
-// Fencing: `$11`/`$12` are the leased companies of the statement with the token each write was
-// made under. `held` locks their lease rows (FOR SHARE) when they still carry that token, so a
-// takeover (an UPDATE of the row) waits for this write to commit, and a takeover that committed
-// first is seen (READ COMMITTED re-checks a locked row's newest version). Writes of a company
-// not in `held` are skipped and the company is returned as fenced: nothing of it lands.
 /// The part of the upsert after its fencing CTEs (`fenced`: companies not to write).
 macro_rules! upsert_tail {
     () => {
@@ -142,11 +137,17 @@ SELECT (SELECT count(*) FROM del), (SELECT count(*) FROM ups), (SELECT count(*) 
     };
 }
 
+// Without leased companies (lease off) `fenced` is empty and the lease table is not touched.
 const UPSERT: &str = concat!(
     "WITH fenced AS (SELECT NULL::text AS c WHERE $11::text[] IS NULL AND $12::int8[] IS NULL), ",
     upsert_tail!()
 );
 
+// Fencing: `$11`/`$12` are the leased companies of the statement with the token each write was
+// made under. `held` locks their lease rows (FOR SHARE) when they still carry that token, so a
+// takeover (an UPDATE of the row) waits for this write to commit, and a takeover that committed
+// first is seen (READ COMMITTED re-checks a locked row's newest version). Writes of a company
+// not in `held` are skipped and the company is returned as fenced: nothing of it lands.
 const UPSERT_FENCED: &str = concat!(
     "
 WITH held AS (
