@@ -28,6 +28,13 @@
 #include <stdint.h>
 
 /**
+ * `flags` bit of `authstate_store_open_ex`: run without company leases (see the README's
+ * "Several service processes over one database"): sessions do not take the company's lease
+ * and writes are not fenced. For a single process, or a read-only tool beside the service.
+ */
+#define AUTHSTATE_OPEN_NO_LEASE 1
+
+/**
  * The result of every fallible `authstate_*` function.
  *
  * The numbers are part of the ABI: a code is never renumbered or reused, new codes are only
