@@ -76,8 +76,9 @@ impl Company {
         }
     }
     /// Marks the lease lost if it is still held with `token` (a heartbeat racing a takeover
-    /// of our own must not mark the newer lease lost). True when it changed.
-    pub(crate) fn lose_lease(&self, token: Option<i64>, why: String) -> bool {
+    /// of our own must not mark the newer lease lost). True when it changed; then `count` is
+    /// incremented under the same lock, so whoever sees the company lost sees it counted.
+    pub(crate) fn lose_lease(&self, token: Option<i64>, why: String, count: &AtomicU64) -> bool {
         let mut st = self.lease.lock().unwrap_or_else(|p| p.into_inner());
         let matches = match (&*st, token) {
             (LeaseState::Held { token: t }, Some(want)) => *t == want,
@@ -86,6 +87,7 @@ impl Company {
         };
         if matches {
             *st = LeaseState::Lost { why };
+            count.fetch_add(1, Ordering::Relaxed);
         }
         matches
     }

@@ -176,14 +176,13 @@ impl Leases {
         token: Option<i64>,
         why: String,
     ) -> bool {
-        if !company.lose_lease(token, why.clone()) {
+        if !company.lose_lease(token, why.clone(), &self.lost) {
             return false;
         }
         tracing::error!(company = &*company.id, reason = %why, "lease lost");
         company.bump_epoch();
         company.set_last_creds(None);
         cache.remove_company(&company.id);
-        self.lost.fetch_add(1, Ordering::Relaxed);
         true
     }
 
@@ -257,8 +256,8 @@ impl Leases {
     /// Takes the leases of companies opened during an outage once the database answers, so a
     /// session that only reads does not go on without its lease. One that another store holds
     /// meanwhile is marked lost (what this process remembers of it may be stale), and so are
-    /// its outage writes when they are replayed. Companies inherited from a journal are left to
-    /// the journal's replay.
+    /// its outage writes when they are replayed. A company inherited from a journal is taken
+    /// over only under the journal's token (the same rule as its replay).
     pub(crate) async fn acquire_pending(
         &self,
         db: &Db,
@@ -267,7 +266,7 @@ impl Leases {
         companies: &Companies,
     ) {
         for c in companies.live() {
-            if !matches!(c.lease(), LeaseState::Pending { inherited: None }) {
+            if !matches!(c.lease(), LeaseState::Pending { .. }) {
                 continue;
             }
             match self.acquire(db, metrics, &c).await {

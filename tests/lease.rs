@@ -665,3 +665,54 @@ async fn outage_writes_are_not_replayed_over_a_new_holder() {
     a2.close().await.expect("close");
     b.close().await.expect("close");
 }
+
+/// A session opened while the database is away opens without its lease (reads are served from
+/// memory) and the lease task takes the lease once the database answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_opened_during_an_outage_gets_its_lease_when_the_database_is_back() {
+    let cluster = std::sync::Arc::new(
+        tokio::task::spawn_blocking(authstate::tempdb::TempCluster::start)
+            .await
+            .expect("join")
+            .expect("a throwaway PostgreSQL"),
+    );
+    let url = cluster.url("postgres");
+    let mut cfg = config(&url);
+    cfg.connect_timeout = Duration::from_secs(1);
+    cfg.statement_timeout = Duration::from_secs(2);
+    let store = Store::open(cfg).await.expect("open");
+    store.migrate().await.expect("migrate");
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.stop("immediate"))
+        .await
+        .expect("join")
+        .expect("stop");
+    let s = store
+        .session("late")
+        .await
+        .expect("opens during the outage");
+    let e = s.get("pre-key", &["1"]).await.expect_err("not in memory");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    let m = store.metrics().leases;
+    assert_eq!((m.held, m.pending), (0, 1), "{m:?}");
+
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.start_server())
+        .await
+        .expect("join")
+        .expect("restart");
+    let started = Instant::now();
+    // The lease task and the outage's reconnect loop find the database back independently.
+    while store.metrics().leases.held != 1 || store.metrics().outage.down {
+        assert!(started.elapsed() < PATIENCE, "{:?}", store.metrics().leases);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(holders(&url).await["late"].0, std::process::id() as i32);
+    let other = Store::open(config(&url)).await.expect("open");
+    let e = other.session("late").await.expect_err("held");
+    assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
+    s.set(put("1", "late")).await.expect("write");
+    assert_eq!(db_value(&url, "late", "1").await.as_deref(), Some("late"));
+    other.close().await.expect("close");
+    store.close().await.expect("close");
+}

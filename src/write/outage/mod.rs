@@ -176,6 +176,11 @@ impl Outage {
         let mut room = self.max_pending_bytes.saturating_sub(st.pending_bytes);
         let mut batch_kept = Vec::with_capacity(batch.len());
         for r in batch {
+            // A company whose lease was lost is not written, now or at the replay.
+            if let Err(why) = r.company.lease_token() {
+                r.reply.send(Err(Error::locked(why)));
+                continue;
+            }
             let bytes = r.op.bytes();
             if bytes <= room {
                 room -= bytes;
