@@ -24,9 +24,13 @@ if [ -z "$PGB" ]; then
     PGB=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 fi
 VERSION=$("$PGB" --version | awk 'NR == 1 { print $2 }')
-if ! printf '1.21.0\n%s\n' "$VERSION" | sort -V -C && [ "${PGBOUNCER_FORCE:-0}" != 1 ]; then
-    say "SKIPPED: pgbouncer $VERSION has no prepared statements in transaction mode (needs 1.21+)"
-    exit 0
+PREPARED="max_prepared_statements = 200"
+if ! printf '1.21.0\n%s\n' "$VERSION" | sort -V -C; then
+    if [ "${PGBOUNCER_FORCE:-0}" != 1 ]; then
+        say "SKIPPED: pgbouncer $VERSION has no prepared statements in transaction mode (needs 1.21+)"
+        exit 0
+    fi
+    PREPARED="; max_prepared_statements: not known to pgbouncer $VERSION"
 fi
 
 WORK=$(mktemp -d)
@@ -59,7 +63,7 @@ unix_socket_dir =
 auth_type = trust
 auth_file = $WORK/users.txt
 pool_mode = transaction
-max_prepared_statements = 200
+$PREPARED
 default_pool_size = 20
 max_client_conn = 1000
 ; the store sends statement_timeout as a startup option, which pgbouncer cannot forward
