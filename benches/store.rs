@@ -104,7 +104,8 @@ fn bench_set(c: &mut Criterion, rt: &Runtime, url: &str) {
 
 fn bench_get(c: &mut Criterion, rt: &Runtime, url: &str) {
     let cold = rt.block_on(open(url, |cfg| cfg.cache.max_bytes = 0));
-    let warm = rt.block_on(open(url, |_| {}));
+    // `cold` holds the company's lease and seeds it; `warm` reads beside it without a lease.
+    let warm = rt.block_on(open(url, |cfg| cfg.lease = false));
     let s_cold = rt.block_on(cold.session("bench-get")).expect("session");
     let s_warm = rt.block_on(warm.session("bench-get")).expect("session");
     let writes: Vec<KeyWrite> = (0..1000)

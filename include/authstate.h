@@ -28,6 +28,13 @@
 #include <stdint.h>
 
 /**
+ * `flags` bit of `authstate_store_open_ex`: run without company leases (see the README's
+ * "Several service processes over one database"): sessions do not take the company's lease
+ * and writes are not fenced. For a single process, or a read-only tool beside the service.
+ */
+#define AUTHSTATE_OPEN_NO_LEASE 1
+
+/**
  * The result of every fallible `authstate_*` function.
  *
  * The numbers are part of the ABI: a code is never renumbered or reused, new codes are only
@@ -141,6 +148,21 @@ extern "C" {
  */
 authstate_status authstate_store_open(const char *url_or_null,
                                       authstate_store **out);
+
+/**
+ * `authstate_store_open` with options: `flags` is 0 (the defaults: one writer per company,
+ * so a session of a company another process holds fails with `AUTHSTATE_LOCKED`) or
+ * `AUTHSTATE_OPEN_NO_LEASE`. Unknown flag bits give `AUTHSTATE_INVALID`.
+ *
+ * Ownership and errors as `authstate_store_open`.
+ *
+ * # Safety
+ *
+ * As `authstate_store_open`.
+ */
+authstate_status authstate_store_open_ex(const char *url_or_null,
+                                         uint32_t flags,
+                                         authstate_store **out);
 
 /**
  * Brings the database schema up to date (applies pending migrations in order, under an

@@ -42,6 +42,10 @@ export interface OpenStoreOptions {
   connectTimeoutMs?: number
   /** Default 30000. */
   statementTimeoutMs?: number
+  /** Most write statements a lane keeps in flight on a slow link (default 8; 1 turns pipelining off). */
+  pipelineDepth?: number
+  /** Send ahead only as far as the link needs (default true); false keeps the full depth. */
+  pipelinePacing?: boolean
   /** Idle connections are closed after this long; 0 = never (default 600000). */
   idleTimeoutMs?: number
   /** Coalesce concurrent writes into shared commits (default true). */
@@ -62,6 +66,15 @@ export interface OpenStoreOptions {
   sslRootCert?: string
   /** TTL in ms: `default` for types without their own entry, and per key type. */
   ttlMs?: { default?: number } & { [keyType: string]: number | undefined }
+  // One writer per company (issue 11).
+  /** Hold a lease per company: a second process gets EAUTHSTATE_LOCKED (default true). */
+  lease?: boolean
+  /** A dead holder's lease is free after this long (default 30000). */
+  leaseExpiryMs?: number
+  /** Held leases are renewed this often, one statement for all (default 10000). */
+  leaseHeartbeatMs?: number
+  /** Where outage writes that lost their lease are written (default `<journalPath>.lost`). */
+  lostWritesPath?: string
 }
 
 export interface MigrationReport {

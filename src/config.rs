@@ -233,6 +233,21 @@ pub struct Config {
     pub cleanup_every: Option<Duration>,
     /// Health thresholds, alert cooldowns and the process snapshot.
     pub health: HealthConfig,
+    /// One writer per company: a session holds the company's lease, a second process opening
+    /// it gets `LOCKED` (or waits, [`crate::Store::session_wait`]), and every write is fenced
+    /// by the lease. On by default; off only when a single process uses the database.
+    pub lease: bool,
+    /// How long a lease lives without a heartbeat: the longest an account stays blocked after
+    /// its holder died (SIGKILL, host gone). Default 30 s.
+    pub lease_expiry: Duration,
+    /// How often the held leases are renewed (one statement for all of them). Default 10 s,
+    /// so two heartbeats in a row may fail (a short network stall, a database failover, a
+    /// long GC pause) before a lease can be taken over.
+    pub lease_heartbeat: Duration,
+    /// Where writes acknowledged during an outage are written when they cannot be applied
+    /// because another holder took the lease over meanwhile. Default: next to the journal
+    /// (`<journal>.lost`), else `authstate-lost-<pid>.jsonl` in the temp directory.
+    pub lost_writes_path: Option<PathBuf>,
 }
 
 impl fmt::Debug for Config {
@@ -255,6 +270,10 @@ impl fmt::Debug for Config {
             .field("max_pending_bytes", &self.max_pending_bytes)
             .field("cleanup_every", &self.cleanup_every)
             .field("health", &self.health)
+            .field("lease", &self.lease)
+            .field("lease_expiry", &self.lease_expiry)
+            .field("lease_heartbeat", &self.lease_heartbeat)
+            .field("lost_writes_path", &self.lost_writes_path)
             .finish_non_exhaustive()
     }
 }
@@ -281,6 +300,10 @@ impl Config {
             max_pending_bytes: 64 * 1024 * 1024,
             cleanup_every: None,
             health: HealthConfig::default(),
+            lease: true,
+            lease_expiry: Duration::from_secs(30),
+            lease_heartbeat: Duration::from_secs(10),
+            lost_writes_path: None,
         }
     }
 

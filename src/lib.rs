@@ -15,6 +15,7 @@ mod value;
 // The database layer, then the write path on top of it, then health, then the facades.
 pub mod db;
 pub mod health;
+mod lease;
 mod session;
 mod store;
 pub mod write;
@@ -34,6 +35,7 @@ pub use db::PoolStats;
 pub use directory::DirectoryStats;
 pub use error::{Error, ErrorKind, Result};
 pub use health::{AlertEvent, HealthReport, MetricsSnapshot, Status};
+pub use lease::LeaseStatus;
 pub use session::Session;
 pub use store::Store;
 pub use value::{json_object, parse_writes, KeyWrite, StoredValue};

@@ -53,11 +53,23 @@ impl Session {
         &self.company.id
     }
 
+    /// Refuses calls once the store is closed, and once this company's lease was lost
+    /// (another store took it over: serving this process's memory could be stale).
     fn check_open(&self) -> Result<()> {
         if self.wp.is_closed() {
             return Err(Error::closed("the store is closed"));
         }
+        self.company.lease_token().map_err(Error::locked)?;
         Ok(())
+    }
+
+    /// True once another store took this company's lease over: every call fails with
+    /// `LOCKED`; open a session again (or [`crate::Store::session_wait`]) to get it back.
+    pub fn lease_lost(&self) -> bool {
+        matches!(
+            self.company.lease(),
+            crate::company::LeaseState::Lost { .. }
+        )
     }
 
     /// Loads the creds object, `None` when the company has none yet. Served from memory when

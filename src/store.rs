@@ -24,6 +24,7 @@ use crate::health::{
     AlertEvent, Check, HealthOptions, HealthReport, MetricsSnapshot, ProcessSnapshot, ProcessView,
     Status,
 };
+use crate::lease;
 use crate::metrics::{Metrics, PoolSample};
 use crate::session::Session;
 use crate::validate;
@@ -75,6 +76,7 @@ impl Inner {
             recent_errors,
             companies_open: wp.companies.open_count(),
             directory: wp.companies.directory_stats(),
+            leases: wp.leases.status(&wp.companies),
         }
     }
 
@@ -328,7 +330,7 @@ impl Store {
             db.clone(),
             Arc::new(Cache::new(config.cache)),
             Arc::new(Metrics::new(config.health.slow_query)),
-            Arc::new(Companies::new(lanes)),
+            Arc::new(Companies::new(lanes, config.lease)),
         )?;
         // Fail fast on a wrong address or password; an unreachable server with a journal to
         // replay starts in outage mode instead, so the journal is never ignored.
@@ -347,6 +349,15 @@ impl Store {
                 Arc::downgrade(&db),
                 every,
                 crate::ops::cleanup::CleanupOptions::default(),
+            )));
+        }
+        if config.lease {
+            tasks.push(tokio::spawn(lease::run(
+                Arc::downgrade(&wp.leases),
+                Arc::downgrade(&db),
+                Arc::downgrade(&wp.cache),
+                Arc::downgrade(&wp.metrics),
+                Arc::downgrade(&wp.companies),
             )));
         }
         if had_journal {
@@ -394,21 +405,57 @@ impl Store {
     }
 
     /// Opens the state of one company. The id is validated (`[A-Za-z0-9_-]{1,50}`).
+    ///
+    /// With the lease on ([`Config::lease`], the default) it acquires the company's lease
+    /// first: when another store holds it, the call fails with [`crate::ErrorKind::Locked`]
+    /// naming the holder (host, pid, instance, since when). During an outage the session opens
+    /// without the lease; it is acquired before the first write reaches the database.
     pub async fn session(&self, company_id: &str) -> Result<Session> {
+        self.open_session(company_id, None).await
+    }
+
+    /// [`Store::session`], but while another store holds the lease it tries again until it
+    /// gets it or `timeout` has passed (then `Locked`). A holder that died loses the lease
+    /// after [`Config::lease_expiry`]; one that closed releases it at once.
+    pub async fn session_wait(&self, company_id: &str, timeout: Duration) -> Result<Session> {
+        self.open_session(company_id, Some(timeout)).await
+    }
+
+    async fn open_session(&self, company_id: &str, wait: Option<Duration>) -> Result<Session> {
         validate::company_id(company_id)?;
-        if self.inner.wp.is_closed() {
-            return Err(Error::closed("the store is closed"));
+        let wp = &self.inner.wp;
+        let deadline = wait.map(|w| Instant::now() + w);
+        loop {
+            if wp.is_closed() {
+                return Err(Error::closed("the store is closed"));
+            }
+            let company = wp.companies.get(company_id);
+            if wp.leases.enabled() && !wp.outage.is_down() {
+                match wp.leases.acquire(&wp.db, &wp.metrics, &company).await {
+                    Ok(()) => {}
+                    // Keep serving: the lease is taken before the first write lands.
+                    Err(e) if e.is_unavailable() => wp.on_error(&e),
+                    Err(e) if lease::is_locked(&e) => {
+                        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                        match left {
+                            Some(left) if !left.is_zero() => {
+                                drop(company);
+                                tokio::time::sleep(wp.leases.poll_interval().min(left)).await;
+                                continue;
+                            }
+                            _ => return Err(e),
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if company.directory().begin_load() {
+                // In the background: opening a session must not wait for 10,000s of key ids.
+                // After the lease is ours, so no other process writes keys it would miss.
+                tokio::spawn(load_directory(self.inner.db.clone(), company.clone()));
+            }
+            return Ok(Session::new(wp.clone(), company, self.guard.clone()));
         }
-        let company = self.inner.wp.companies.get(company_id);
-        if company.directory().begin_load() {
-            // In the background: opening a session must not wait for 10,000s of key ids.
-            tokio::spawn(load_directory(self.inner.db.clone(), company.clone()));
-        }
-        Ok(Session::new(
-            self.inner.wp.clone(),
-            company,
-            self.guard.clone(),
-        ))
     }
 
     /// A weak handle on the shared state, so tests can check that dropping every handle
@@ -531,7 +578,15 @@ impl Store {
             t.abort();
             let _ = t.await;
         }
-        let report = self.inner.wp.close().await;
+        let wp = &self.inner.wp;
+        let report = wp.close().await;
+        // Hand the leases back at once so another process takes the accounts over now. Not
+        // when writes stay unflushed: the next start replays them under these leases.
+        if wp.leases.enabled() && report.unflushed.is_empty() && !wp.outage.is_down() {
+            if let Err(e) = wp.leases.release_all(&self.inner.db, &wp.companies).await {
+                tracing::warn!(error = %e, "releasing the leases at close failed; they expire");
+            }
+        }
         self.inner.db.close().await;
         if self.inner.config.health.publish_interval.is_some() {
             // A clean close removes this process from `authstate health`; one attempt.

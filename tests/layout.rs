@@ -143,7 +143,8 @@ fn the_database_layer_and_the_leaves_depend_on_nothing_above_them() {
     let graph = module_graph();
     let above = ["write", "health", "session", "store", "ops", "tempdb"];
     for low in [
-        "db", "cache", "metrics", "company", "codec", "value", "validate", "config", "error",
+        "db", "cache", "metrics", "company", "lease", "codec", "value", "validate", "config",
+        "error",
     ] {
         let deps = graph.get(low).cloned().unwrap_or_default();
         for a in above {

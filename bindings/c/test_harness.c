@@ -480,10 +480,20 @@ static void test_set_get_delete(authstate_store *st) {
     authstate_string_free(got);
 
     /* The same values read back through another store (cold cache: straight from PostgreSQL,
-       whose jsonb reorders object keys) have the same text. */
+       whose jsonb reorders object keys) have the same text. `st` holds the company's lease:
+       another store with leases is refused, a reader without leases is not. */
     authstate_store *st2 = NULL;
+    EXPECT(authstate_store_open_ex(test_url, 0xF0, &st2), AUTHSTATE_INVALID);
     EXPECT(authstate_store_open(test_url, &st2), AUTHSTATE_OK);
     authstate_session *cold = NULL;
+    if (st2) {
+        EXPECT(authstate_session_open(st2, "c-keys", &cold), AUTHSTATE_LOCKED);
+        CHECK(strstr(last_error_text(), "held by another store") != NULL, "names the holder: %s",
+              last_error_text());
+        authstate_store_close(st2);
+        st2 = NULL;
+    }
+    EXPECT(authstate_store_open_ex(test_url, AUTHSTATE_OPEN_NO_LEASE, &st2), AUTHSTATE_OK);
     if (st2)
         EXPECT(authstate_session_open(st2, "c-keys", &cold), AUTHSTATE_OK);
     if (cold) {

@@ -174,6 +174,13 @@ fn config_from_options(options: &Map<String, Value>) -> authstate::Result<Config
                     }
                 }
             }
+            // One writer per company (issue 11): the lease is on by default.
+            "lease" => cfg.lease = opt_bool(v, name)?,
+            "leaseExpiryMs" => cfg.lease_expiry = opt_ms(v, name)?,
+            "leaseHeartbeatMs" => cfg.lease_heartbeat = opt_ms(v, name)?,
+            "lostWritesPath" => cfg.lost_writes_path = Some(PathBuf::from(opt_str(v, name)?)),
+            "pipelineDepth" => cfg.pipeline_depth = opt_usize(v, name)?.max(1),
+            "pipelinePacing" => cfg.pipeline_pacing = opt_bool(v, name)?,
             "health" => health_options(&mut cfg, v)?,
             other => {
                 return Err(authstate::Error::invalid(format!(

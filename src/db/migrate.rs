@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0002_expiry_index.sql"),
     },
     Migration {
+        version: 3,
+        name: "leases",
+        sql: include_str!("../../migrations/0003_leases.sql"),
+    },
+    Migration {
         version: 4,
         name: "process_snapshots",
         sql: include_str!("../../migrations/0004_process_snapshots.sql"),

@@ -9,6 +9,7 @@
 pub mod admin;
 mod connect;
 pub mod health_sql;
+pub(crate) mod lease_sql;
 pub mod migrate;
 pub(crate) mod sql;
 mod tls;

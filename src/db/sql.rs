@@ -114,14 +114,18 @@ pub(crate) async fn get_creds(
     }
 }
 
-// `expires_at` is rounded up to whole steps of 1/128 of the TTL, at most an hour: a key
-// rewritten within the step keeps the same `expires_at`, so the update changes no indexed
-// column and PostgreSQL can make it a HOT update (see migrations/0005_storage.sql).
-const UPSERT: &str = "
-WITH del AS (
+/// The part of the upsert after its fencing CTEs (`fenced`: companies not to write).
+///
+/// `expires_at` is rounded up to whole steps of 1/128 of the TTL, at most an hour: a key
+/// rewritten within the step keeps the same `expires_at`, so the update changes no indexed
+/// column and PostgreSQL can make it a HOT update (see migrations/0005_storage.sql).
+macro_rules! upsert_tail {
+    () => {
+        "del AS (
     DELETE FROM whatsapp_keys k
     USING unnest($1::text[], $2::text[], $3::text[]) AS d(c, t, i)
     WHERE k.company_id = d.c AND k.key_type = d.t AND k.key_id = d.i
+      AND NOT EXISTS (SELECT 1 FROM fenced WHERE fenced.c = d.c)
     RETURNING 1
 ), ups AS (
     INSERT INTO whatsapp_keys AS k (company_id, key_type, key_id, value, updated_at, expires_at)
@@ -131,17 +135,46 @@ WITH del AS (
             ELSE now() + make_interval(secs => u.ttl) END
     FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::float8[]) AS u(c, t, i, v, ttl)
     CROSS JOIN LATERAL (SELECT floor(least(3600, u.ttl / 128)) AS s) AS g
+    WHERE NOT EXISTS (SELECT 1 FROM fenced WHERE fenced.c = u.c)
     ON CONFLICT (company_id, key_type, key_id) DO UPDATE
         SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at, expires_at = EXCLUDED.expires_at
     RETURNING 1
 ), creds AS (
     INSERT INTO whatsapp_auth AS a (company_id, creds, updated_at)
     SELECT c.c, c.v::jsonb, now() FROM unnest($9::text[], $10::text[]) AS c(c, v)
+    WHERE NOT EXISTS (SELECT 1 FROM fenced WHERE fenced.c = c.c)
     ON CONFLICT (company_id) DO UPDATE SET creds = EXCLUDED.creds, updated_at = EXCLUDED.updated_at
         WHERE a.creds IS DISTINCT FROM EXCLUDED.creds
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM del), (SELECT count(*) FROM ups), (SELECT count(*) FROM creds)";
+SELECT (SELECT count(*) FROM del), (SELECT count(*) FROM ups), (SELECT count(*) FROM creds),
+       ARRAY(SELECT c FROM fenced)"
+    };
+}
+
+// Without leased companies (lease off) `fenced` is empty and the lease table is not touched.
+const UPSERT: &str = concat!(
+    "WITH fenced AS (SELECT NULL::text AS c WHERE $11::text[] IS NULL AND $12::int8[] IS NULL), ",
+    upsert_tail!()
+);
+
+// Fencing: `$11`/`$12` are the leased companies of the statement with the token each write was
+// made under. `held` locks their lease rows (FOR SHARE) when they still carry that token, so a
+// takeover (an UPDATE of the row) waits for this write to commit, and a takeover that committed
+// first is seen (READ COMMITTED re-checks a locked row's newest version). Writes of a company
+// not in `held` are skipped and the company is returned as fenced: nothing of it lands.
+const UPSERT_FENCED: &str = concat!(
+    "
+WITH held AS (
+    SELECT l.company_id FROM authstate_leases l
+    JOIN unnest($11::text[], $12::int8[]) AS f(c, t) ON l.company_id = f.c AND l.token = f.t
+    FOR SHARE OF l
+), fenced AS (
+    SELECT DISTINCT f.c FROM unnest($11::text[]) AS f(c)
+    WHERE NOT EXISTS (SELECT 1 FROM held WHERE held.company_id = f.c)
+), ",
+    upsert_tail!()
+);
 
 /// Deletes, upserts and creds of any number of companies, as parallel arrays: one statement,
 /// one round trip, whatever the number of keys.
@@ -160,13 +193,40 @@ pub(crate) struct Upsert<'a> {
     /// Creds to write: company, canonical JSON text.
     pub(crate) creds_company: Vec<&'a str>,
     pub(crate) creds_value: Vec<&'a str>,
+    /// Leased companies and the lease token their writes were made under (see `UPSERT`).
+    pub(crate) fence_company: Vec<&'a str>,
+    pub(crate) fence_token: Vec<i64>,
 }
 
-/// Applies `u` with one statement.
-pub(crate) async fn upsert(client: &impl GenericClient, u: &Upsert<'_>) -> Result<()> {
-    client
+impl<'a> Upsert<'a> {
+    /// Every company the statement writes, once each.
+    pub(crate) fn companies(&self) -> Vec<&'a str> {
+        let mut all: Vec<&'a str> = self
+            .del_company
+            .iter()
+            .chain(&self.put_company)
+            .chain(&self.creds_company)
+            .copied()
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+}
+
+/// Applies `u` with one statement. Returns the fenced companies: leased companies whose lease
+/// no longer carries the given token, of which nothing was written.
+pub(crate) async fn upsert(client: &impl GenericClient, u: &Upsert<'_>) -> Result<Vec<String>> {
+    // Without leased companies the statement does not touch the lease table, so a store with
+    // the lease off works on a database that has none.
+    let sql = if u.fence_company.is_empty() {
+        UPSERT
+    } else {
+        UPSERT_FENCED
+    };
+    let rows = client
         .query_typed(
-            UPSERT,
+            sql,
             &[
                 (&u.del_company, Type::TEXT_ARRAY),
                 (&u.del_type, Type::TEXT_ARRAY),
@@ -178,20 +238,56 @@ pub(crate) async fn upsert(client: &impl GenericClient, u: &Upsert<'_>) -> Resul
                 (&u.put_ttl_secs, Type::FLOAT8_ARRAY),
                 (&u.creds_company, Type::TEXT_ARRAY),
                 (&u.creds_value, Type::TEXT_ARRAY),
+                (&u.fence_company, Type::TEXT_ARRAY),
+                (&u.fence_token, Type::INT8_ARRAY),
             ],
         )
         .await?;
-    Ok(())
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::database("a write returned no row"))?;
+    row.try_get::<_, Vec<String>>(3)
+        .map_err(|e| Error::database(format!("fenced companies of a write: {e}")))
 }
 
 const CLEAR: &str = "
 WITH k AS (DELETE FROM whatsapp_keys WHERE company_id = $1 RETURNING 1)
 DELETE FROM whatsapp_auth WHERE company_id = $1";
 
-/// Deletes every key and the creds of `company`.
-pub(crate) async fn clear(client: &impl GenericClient, company: &str) -> Result<()> {
-    client.query_typed(CLEAR, &[(&company, Type::TEXT)]).await?;
-    Ok(())
+const CLEAR_FENCED: &str = "
+WITH held AS (
+    SELECT 1 FROM authstate_leases WHERE company_id = $1 AND token = $2 FOR SHARE
+), ok AS (
+    SELECT EXISTS (SELECT 1 FROM held) AS ok
+), k AS (
+    DELETE FROM whatsapp_keys WHERE company_id = $1 AND (SELECT ok FROM ok) RETURNING 1
+), a AS (
+    DELETE FROM whatsapp_auth WHERE company_id = $1 AND (SELECT ok FROM ok) RETURNING 1
+)
+SELECT (SELECT ok FROM ok), (SELECT count(*) FROM k), (SELECT count(*) FROM a)";
+
+/// Deletes every key and the creds of `company`; with a lease `token`, only while the lease
+/// still carries it. Returns false when fenced (nothing deleted).
+pub(crate) async fn clear(
+    client: &impl GenericClient,
+    company: &str,
+    token: Option<i64>,
+) -> Result<bool> {
+    let Some(token) = token else {
+        client.query_typed(CLEAR, &[(&company, Type::TEXT)]).await?;
+        return Ok(true);
+    };
+    let rows = client
+        .query_typed(
+            CLEAR_FENCED,
+            &[(&company, Type::TEXT), (&token, Type::INT8)],
+        )
+        .await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::database(format!("clear of {company} returned no row")))?;
+    row.try_get::<_, bool>(0)
+        .map_err(|e| Error::database(format!("clear of {company}: {e}")))
 }
 
 const KEY_IDS: &str = "SELECT key_type, key_id FROM whatsapp_keys WHERE company_id = $1";

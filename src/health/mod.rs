@@ -189,6 +189,9 @@ pub struct MetricsSnapshot {
     /// The key directories that answer "absent" during an outage.
     #[serde(default)]
     pub directory: crate::directory::DirectoryStats,
+    /// Company leases: held, pending, lost.
+    #[serde(default)]
+    pub leases: crate::lease::LeaseStatus,
 }
 
 impl MetricsSnapshot {

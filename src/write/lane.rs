@@ -44,7 +44,6 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
-use super::merge::plan;
 use super::{commit, Op, Request, WritePath, MAX_BATCH_KEYS};
 use crate::db::PipeConn;
 use crate::error::{Error, Result};
@@ -75,7 +74,7 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 
 /// A batch's requests, its commit outcome, when it was sent and whether it was sent alone
 /// (nothing else of the lane in flight).
-type Done = (Vec<Request>, Result<()>, Instant, bool);
+type Done = (Vec<Request>, Result<commit::Fenced>, Instant, bool);
 type Flight<'a> = Pin<Box<dyn Future<Output = Done> + Send + 'a>>;
 
 async fn next_request(
@@ -151,11 +150,13 @@ async fn pipeline(
                 #[cfg(all(test, feature = "tempdb"))]
                 tests::maybe_panic(&batch);
                 let needs_tx = batch.len() > 1 && batch.iter().any(|r| matches!(r.op, Op::Clear));
-                if needs_tx || wp.outage.is_down() || conn.as_ref().is_some_and(PipeConn::is_broken) {
+                // A company whose lease is still to be taken needs a round trip first.
+                let sequential = needs_tx || wp.outage.is_down() || !leases_ready(&batch);
+                if sequential || conn.as_ref().is_some_and(PipeConn::is_broken) {
                     // In order after everything in flight, without the pipeline.
                     drain(wp, &mut flying).await;
                     conn = None;
-                    if needs_tx || wp.outage.is_down() {
+                    if sequential {
                         Box::pin(process(wp, batch)).await;
                         continue;
                     }
@@ -258,25 +259,38 @@ async fn open_conn(wp: &WritePath) -> Result<PipeConn> {
     wp.db.pipe_conn().await
 }
 
-/// Sends one batch's statement on `conn` and waits for its outcome.
+fn leases_ready(batch: &[Request]) -> bool {
+    let ops: Vec<(&crate::company::Company, &Op)> =
+        batch.iter().map(|r| (&*r.company, &r.op)).collect();
+    commit::leases_ready(&ops)
+}
+
+/// Sends one batch's statement on `conn` (fenced by its companies' leases, whose tokens are
+/// known without a round trip: see `leases_ready`) and waits for its outcome.
 async fn send(wp: &WritePath, conn: PipeConn, batch: Vec<Request>, alone: bool) -> Done {
     let started = Instant::now();
     let result = {
         let ops: Vec<(&crate::company::Company, &Op)> =
             batch.iter().map(|r| (&*r.company, &r.op)).collect();
-        let steps = plan(&ops, wp.ttl());
-        match steps.as_slice() {
-            [] => Ok(()),
+        let mut fenced = commit::Fenced::new();
+        let (steps, tokens) = commit::fenced_steps(wp, &ops, &mut fenced);
+        let tokens_ref = &tokens;
+        let sent = match steps.as_slice() {
+            [] => Ok(Vec::new()),
             [step] => {
                 conn.call("write", async |client| {
-                    commit::run_step(&***client, step).await
+                    commit::run_step(&***client, step, tokens_ref).await
                 })
                 .await
             }
             _ => Err(Error::internal(
                 "a batch of several statements reached the pipeline",
             )),
-        }
+        };
+        sent.map(|newly| {
+            commit::record_fenced(wp, newly, &tokens, &mut fenced);
+            fenced
+        })
     };
     (batch, result, started, alone)
 }
@@ -294,7 +308,7 @@ async fn settle(wp: &Arc<WritePath>, done: Done, flying: &mut FuturesOrdered<Fli
     wp.metrics
         .record("commit", started.elapsed(), result.is_ok());
     match result {
-        Ok(()) => answer_committed(wp, batch),
+        Ok(fenced) => answer_committed(wp, batch, &fenced),
         Err(e) if !e.is_unavailable() && batch.len() == 1 => {
             for r in batch {
                 r.reply.send(Err(e.clone()));
@@ -327,13 +341,15 @@ async fn settle(wp: &Arc<WritePath>, done: Done, flying: &mut FuturesOrdered<Fli
     }
 }
 
-fn answer_committed(wp: &WritePath, batch: Vec<Request>) {
+/// Updates memory after a commit and answers each caller: LOCKED for a fenced company.
+fn answer_committed(wp: &WritePath, batch: Vec<Request>, fenced: &commit::Fenced) {
     let ops: Vec<(&crate::company::Company, &Op)> =
         batch.iter().map(|r| (&*r.company, &r.op)).collect();
-    commit::apply_committed(wp, &ops);
+    commit::apply_committed(wp, &ops, fenced);
     drop(ops);
     for r in batch {
-        r.reply.send(Ok(()));
+        let outcome = commit::outcome(&r.company, fenced);
+        r.reply.send(outcome);
     }
 }
 
@@ -356,9 +372,9 @@ async fn process(wp: &Arc<WritePath>, mut batch: Vec<Request>) {
     wp.metrics
         .record_result("commit", started.elapsed(), &result);
     match result {
-        Ok(()) => {
+        Ok(fenced) => {
             drop(ops);
-            answer_committed(wp, batch);
+            answer_committed(wp, batch, &fenced);
         }
         Err(e) if e.is_unavailable() => {
             wp.outage.enter(&e);
@@ -451,6 +467,10 @@ pub(crate) mod tests {
             let mut config = Config::from_url(&cluster.url("lanepanic")).unwrap();
             // One lane: every company shares the lane that panics.
             config.write_lanes = 1;
+            let fresh_config = Config {
+                lease: false,
+                ..config.clone()
+            };
             let store = Store::open(config).await.unwrap();
             store.migrate().await.unwrap();
             let boom = store.session("boom").await.unwrap();
@@ -468,9 +488,8 @@ pub(crate) mod tests {
             assert_eq!(boom.get("session", &["2"]).await.unwrap().len(), 1);
             assert_eq!(other.get("session", &["3"]).await.unwrap().len(), 1);
             // The panicked batch wrote nothing.
-            let fresh = Store::open(Config::from_url(&cluster.url("lanepanic")).unwrap())
-                .await
-                .unwrap();
+            // A reader beside the holder of the lease: without a lease of its own.
+            let fresh = Store::open(fresh_config).await.unwrap();
             let s = fresh.session("boom").await.unwrap();
             assert!(s.get("session", &["1"]).await.unwrap().is_empty());
             fresh.close().await.unwrap();

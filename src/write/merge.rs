@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn last_write_of_a_key_wins_and_deletes_merge() {
-        let cs = Companies::new(1);
+        let cs = Companies::new(1, false);
         let a: Arc<Company> = cs.get("a");
         let ops = [
             Op::Keys(vec![
@@ -139,7 +139,7 @@ mod tests {
 
     #[test]
     fn a_clear_splits_the_statements_in_order() {
-        let cs = Companies::new(1);
+        let cs = Companies::new(1, false);
         let (a, b) = (cs.get("a"), cs.get("b"));
         let ops = [
             (
@@ -167,7 +167,7 @@ mod tests {
 
     #[test]
     fn nothing_to_do_is_no_statement() {
-        let cs = Companies::new(1);
+        let cs = Companies::new(1, false);
         let a = cs.get("a");
         let empty = Op::Keys(Vec::new());
         assert!(plan(&[(&*a, &empty)], &TtlPolicy::default()).is_empty());

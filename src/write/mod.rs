@@ -27,6 +27,7 @@ use crate::company::{Companies, Company};
 use crate::config::{Config, TtlPolicy};
 use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::lease::Leases;
 use crate::metrics::Metrics;
 use crate::value::{KeyWrite, StoredValue};
 
@@ -150,6 +151,7 @@ pub(crate) struct WritePath {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) companies: Arc<Companies>,
     pub(crate) outage: Outage,
+    pub(crate) leases: Arc<Leases>,
     ttl: TtlPolicy,
     group_commit: bool,
     pipeline_depth: usize,
@@ -181,6 +183,7 @@ impl WritePath {
             metrics,
             companies,
             outage,
+            leases: Arc::new(Leases::new(config)),
             ttl: config.ttl.clone(),
             group_commit: config.group_commit,
             pipeline_depth: config.pipeline_depth.max(1),

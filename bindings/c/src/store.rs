@@ -49,6 +49,47 @@ pub unsafe extern "C" fn authstate_store_open(
     })
 }
 
+/// `flags` bit of `authstate_store_open_ex`: run without company leases (see the README's
+/// "Several service processes over one database"): sessions do not take the company's lease
+/// and writes are not fenced. For a single process, or a read-only tool beside the service.
+pub const AUTHSTATE_OPEN_NO_LEASE: u32 = 1;
+
+/// `authstate_store_open` with options: `flags` is 0 (the defaults: one writer per company,
+/// so a session of a company another process holds fails with `AUTHSTATE_LOCKED`) or
+/// `AUTHSTATE_OPEN_NO_LEASE`. Unknown flag bits give `AUTHSTATE_INVALID`.
+///
+/// Ownership and errors as `authstate_store_open`.
+///
+/// # Safety
+///
+/// As `authstate_store_open`.
+#[no_mangle]
+pub unsafe extern "C" fn authstate_store_open_ex(
+    url_or_null: *const c_char,
+    flags: u32,
+    out: *mut *mut authstate_store,
+) -> authstate_status {
+    status_boundary("authstate_store_open_ex", || {
+        out_arg(out, "out")?;
+        if flags & !AUTHSTATE_OPEN_NO_LEASE != 0 {
+            return Err(authstate::Error::invalid(format!(
+                "unknown flags {flags:#x} (known: AUTHSTATE_OPEN_NO_LEASE)"
+            )));
+        }
+        let mut config = if url_or_null.is_null() {
+            Config::from_env()?
+        } else {
+            // SAFETY: non-NULL, NUL-terminated and borrowed for this call per the contract.
+            Config::from_url(unsafe { str_arg(url_or_null, "url") }?)?
+        };
+        config.lease = flags & AUTHSTATE_OPEN_NO_LEASE == 0;
+        let store = block_on(Store::open(config))??;
+        // SAFETY: `out` was checked non-NULL and is writable per the contract.
+        unsafe { write_out(out, authstate_store::into_raw(store)) };
+        Ok(())
+    })
+}
+
 /// Brings the database schema up to date (applies pending migrations in order, under an
 /// advisory lock, so concurrent callers are safe). Adopts existing tables.
 ///

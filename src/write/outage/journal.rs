@@ -11,6 +11,10 @@ use crate::error::{Error, Result};
 use crate::value::{KeyWrite, StoredValue};
 use crate::write::Op;
 
+/// One journal record: company, call, and the lease token the call was accepted under (so a
+/// restarted process replays it only if no other holder took the lease in between).
+pub(super) type Record<'a> = (&'a str, &'a Op, Option<i64>);
+
 /// The append-only journal: one JSON line per kept call, fsynced before the call is answered.
 pub(super) struct Journal {
     pub(super) path: PathBuf,
@@ -30,7 +34,7 @@ impl Journal {
         Ok(Journal { path, file, bytes })
     }
 
-    pub(super) fn append(&mut self, ops: &[(&str, &Op)]) -> std::io::Result<()> {
+    pub(super) fn append(&mut self, ops: &[Record<'_>]) -> std::io::Result<()> {
         let buf = encode_records(ops)?;
         self.file.write_all(buf.as_bytes())?;
         self.file.sync_data()?;
@@ -41,7 +45,7 @@ impl Journal {
     /// Replaces the journal with `ops` (the live pending calls): written to a temporary file,
     /// fsynced, renamed over the journal and the directory fsynced, so a crash leaves either
     /// the old or the new journal, both of which replay to the same state.
-    pub(super) fn rewrite(&mut self, ops: &[(&str, &Op)]) -> std::io::Result<()> {
+    pub(super) fn rewrite(&mut self, ops: &[Record<'_>]) -> std::io::Result<()> {
         let tmp = self.path.with_extension("compact");
         let buf = encode_records(ops)?;
         {
@@ -73,7 +77,7 @@ impl Journal {
     /// ending with a newline, so the next append starts a line of its own instead of being
     /// glued to the fragment. A bad line elsewhere is an error, because skipping it would lose
     /// a write.
-    pub(super) fn load(&mut self) -> Result<Vec<(String, Op)>> {
+    pub(super) fn load(&mut self) -> Result<Vec<(String, Op, Option<i64>)>> {
         let read_err = |e: std::io::Error| {
             Error::internal(format!("cannot read journal {}: {e}", self.path.display()))
         };
@@ -139,17 +143,22 @@ impl Journal {
 }
 
 /// Journal lines for `ops`, each ended by a newline.
-fn encode_records(ops: &[(&str, &Op)]) -> std::io::Result<String> {
+fn encode_records(ops: &[Record<'_>]) -> std::io::Result<String> {
     let mut buf = String::new();
-    for (company, op) in ops {
-        buf.push_str(&encode_record(company, op)?);
+    for (company, op, token) in ops {
+        buf.push_str(&encode_record(company, op, *token)?);
         buf.push('\n');
     }
     Ok(buf)
 }
 
-fn encode_record(company: &str, op: &Op) -> std::io::Result<String> {
-    let c = serde_json::to_string(company)?;
+/// One call as a JSON object (also the `call` of a line in the lost-writes file).
+pub(super) fn encode_record(company: &str, op: &Op, token: Option<i64>) -> std::io::Result<String> {
+    // `"l"` (the lease token) comes right after the company; journals without it still load.
+    let c = match token {
+        Some(t) => format!("{},\"l\":{t}", serde_json::to_string(company)?),
+        None => serde_json::to_string(company)?,
+    };
     Ok(match op {
         Op::Keys(writes) => {
             let mut s = format!("{{\"c\":{c},\"op\":\"keys\",\"w\":[");
@@ -173,13 +182,14 @@ fn encode_record(company: &str, op: &Op) -> std::io::Result<String> {
     })
 }
 
-fn decode_record(line: &str) -> Result<(String, Op)> {
+fn decode_record(line: &str) -> Result<(String, Op, Option<i64>)> {
     let v: Value = serde_json::from_str(line)?;
     let company = v["c"]
         .as_str()
         .ok_or_else(|| Error::internal("record without company"))?
         .to_string();
     crate::validate::company_id(&company)?;
+    let token = v.get("l").and_then(Value::as_i64);
     let op = match v["op"].as_str() {
         Some("keys") => {
             let items = v["w"]
@@ -203,7 +213,7 @@ fn decode_record(line: &str) -> Result<(String, Op)> {
         Some("clear") => Op::Clear,
         _ => return Err(Error::internal("unknown journal record")),
     };
-    Ok((company, op))
+    Ok((company, op, token))
 }
 
 #[cfg(test)]
@@ -221,22 +231,25 @@ mod tests {
             .unwrap(),
             KeyWrite::delete("pre-key", "7").unwrap(),
         ];
-        let line = encode_record("acme", &Op::Keys(w.clone())).unwrap();
-        let (c, op) = decode_record(&line).unwrap();
-        assert_eq!(c, "acme");
+        let line = encode_record("acme", &Op::Keys(w.clone()), Some(7)).unwrap();
+        let (c, op, token) = decode_record(&line).unwrap();
+        assert_eq!((c.as_str(), token), ("acme", Some(7)));
         match op {
             Op::Keys(back) => assert_eq!(back, w),
             _ => panic!("wrong op"),
         }
-        let line = encode_record("acme", &Op::Clear).unwrap();
-        assert!(matches!(decode_record(&line).unwrap().1, Op::Clear));
+        let line = encode_record("acme", &Op::Clear, None).unwrap();
+        assert!(matches!(
+            decode_record(&line).unwrap(),
+            (_, Op::Clear, None)
+        ));
     }
 
     #[test]
     fn torn_last_line_is_skipped_but_corruption_elsewhere_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let good = encode_record("a", &Op::Clear).unwrap();
+        let good = encode_record("a", &Op::Clear, None).unwrap();
         std::fs::write(&path, format!("{good}\n{{\"c\":\"a\",\"op\"")).unwrap();
         let mut j = Journal::open(path.clone()).unwrap();
         assert_eq!(j.load().unwrap().len(), 1);
@@ -248,7 +261,7 @@ mod tests {
     fn torn_tail_is_cut_so_the_next_append_is_readable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j");
-        let good = encode_record("a", &Op::Clear).unwrap();
+        let good = encode_record("a", &Op::Clear, None).unwrap();
         // A fragment cut inside a UTF-8 character, then a record without its newline.
         let mut bytes = format!("{good}\n{{\"c\":\"a\",\"op\":\"caf").into_bytes();
         bytes.push(0xC3);
@@ -259,13 +272,13 @@ mod tests {
             std::fs::read(&path).unwrap(),
             format!("{good}\n").into_bytes()
         );
-        j.append(&[("b", &Op::Clear)]).unwrap();
+        j.append(&[("b", &Op::Clear, None)]).unwrap();
         assert_eq!(j.load().unwrap().len(), 2);
 
         std::fs::write(&path, &good).unwrap();
         let mut j = Journal::open(path.clone()).unwrap();
         assert_eq!(j.load().unwrap().len(), 1);
-        j.append(&[("b", &Op::Clear)]).unwrap();
+        j.append(&[("b", &Op::Clear, None)]).unwrap();
         assert_eq!(
             j.load().unwrap().len(),
             2,

@@ -18,6 +18,8 @@ mod pending;
 mod recovery;
 mod report;
 
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,7 +30,7 @@ use crate::cache::Cached;
 use crate::company::Companies;
 use crate::config::{Config, OutagePolicy};
 use crate::error::{Error, Result};
-use crate::write::{Op, Request};
+use crate::write::Request;
 
 use self::journal::Journal;
 use self::pending::{coalesce, overlay_apply, State};
@@ -53,6 +55,8 @@ pub(crate) struct Outage {
     state: Mutex<State>,
     wake: Arc<Notify>,
     journal: Option<Mutex<Journal>>,
+    /// Where acknowledged writes that lost their lease are written for the operator.
+    lost_path: PathBuf,
     /// Held by [`try_recover`]: two replays at once (the reconnect loop and `Store::open` or
     /// `close`) would commit the same calls twice, the second one over newer writes made after
     /// the first finished, and drain the pending log twice.
@@ -65,7 +69,19 @@ impl Outage {
             Some(p) => Some(Mutex::new(Journal::open(p.clone())?)),
             None => None,
         };
+        let lost_path = match (&config.lost_writes_path, &config.journal_path) {
+            (Some(p), _) => p.clone(),
+            (None, Some(j)) => {
+                let mut p = j.clone().into_os_string();
+                p.push(".lost");
+                PathBuf::from(p)
+            }
+            (None, None) => {
+                std::env::temp_dir().join(format!("authstate-lost-{}.jsonl", std::process::id()))
+            }
+        };
         Ok(Outage {
+            lost_path,
             policy: config.outage_policy,
             max_pending_bytes: config.max_pending_bytes,
             down: AtomicBool::new(false),
@@ -160,6 +176,11 @@ impl Outage {
         let mut room = self.max_pending_bytes.saturating_sub(st.pending_bytes);
         let mut batch_kept = Vec::with_capacity(batch.len());
         for r in batch {
+            // A company whose lease was lost is not written, now or at the replay.
+            if let Err(why) = r.company.lease_token() {
+                r.reply.send(Err(Error::locked(why)));
+                continue;
+            }
             let bytes = r.op.bytes();
             if bytes <= room {
                 room -= bytes;
@@ -179,7 +200,10 @@ impl Outage {
         }
         if let Some(j) = &self.journal {
             let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
-            let ops: Vec<(&str, &Op)> = batch.iter().map(|r| (&*r.company.id, &r.op)).collect();
+            let ops: Vec<journal::Record> = batch
+                .iter()
+                .map(|r| (&*r.company.id, &r.op, r.company.journal_token()))
+                .collect();
             if let Err(e) = j.append(&ops) {
                 let err = Error::internal(format!(
                     "could not write the outage journal {}: {e}",
@@ -204,7 +228,11 @@ impl Outage {
             let live = st.pending_bytes as u64;
             if j.bytes > JOURNAL_COMPACT_MIN && j.bytes > live.saturating_mul(JOURNAL_COMPACT_RATIO)
             {
-                let ops: Vec<(&str, &Op)> = st.pending.iter().map(|p| (&*p.0.id, &p.1)).collect();
+                let ops: Vec<journal::Record> = st
+                    .pending
+                    .iter()
+                    .map(|p| (&*p.0.id, &p.1, p.0.journal_token()))
+                    .collect();
                 // On failure the long journal stays valid (it replays to the same state).
                 if let Err(e) = j.rewrite(&ops) {
                     tracing::warn!(error = %e, "could not compact the outage journal");
@@ -227,8 +255,17 @@ impl Outage {
             return Ok(false);
         }
         let mut st = self.lock();
-        for (company, op) in records {
+        for (company, op, token) in records {
             let company = companies.get(&company);
+            if let (crate::company::LeaseState::Pending { inherited }, Some(t)) =
+                (company.lease(), token)
+            {
+                // The replay takes the lease over only if it still carries this token.
+                let newest = inherited.map_or(t, |i| i.max(t));
+                company.set_lease(crate::company::LeaseState::Pending {
+                    inherited: Some(newest),
+                });
+            }
             coalesce(&mut st, &company, &op);
             st.pending_bytes += op.bytes();
             overlay_apply(&mut st, &company, &op);
@@ -245,6 +282,38 @@ impl Outage {
         self.has_overlay.store(true, Ordering::Release);
         self.down.store(true, Ordering::Release);
         Ok(true)
+    }
+
+    /// Appends `calls` (acknowledged during an outage, never applied because the lease was
+    /// lost) to the lost-writes file for the operator, one JSON line each, fsynced. Returns
+    /// the file's path, or the error text when it could not be written.
+    pub(super) fn write_lost(
+        &self,
+        calls: &[pending::PendingCall],
+        why: &str,
+    ) -> std::result::Result<String, String> {
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut buf = String::new();
+        for p in calls {
+            let call = journal::encode_record(&p.0.id, &p.1, p.0.journal_token())
+                .map_err(|e| e.to_string())?;
+            let reason = serde_json::to_string(why).map_err(|e| e.to_string())?;
+            buf.push_str(&format!(
+                "{{\"lost_at_unix_ms\":{at},\"reason\":{reason},\"call\":{call}}}\n"
+            ));
+        }
+        let path = self.lost_path.display().to_string();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.lost_path)
+            .map_err(|e| format!("{path}: {e}"))?;
+        f.write_all(buf.as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(|e| format!("{path}: {e}"))?;
+        Ok(path)
     }
 
     /// The state for metrics and health.

@@ -47,6 +47,7 @@ pub(crate) async fn try_recover(wp: &Arc<WritePath>) -> Result<()> {
             st.replaying = snapshot.len();
             snapshot
         };
+        let mut fenced = commit::Fenced::new();
         if snapshot.is_empty() {
             // The one call helper bounds the probe and discards a connection that timed out.
             wp.db
@@ -54,16 +55,52 @@ pub(crate) async fn try_recover(wp: &Arc<WritePath>) -> Result<()> {
                 .await?;
         } else {
             let ops: Vec<(&Company, &Op)> = snapshot.iter().map(|p| (&*p.0, &p.1)).collect();
-            let committed = commit::commit(wp, &ops).await;
-            if let Err(e) = committed {
-                outage.lock().replaying = 0;
-                return Err(e);
+            match commit::commit(wp, &ops).await {
+                Ok(f) => fenced = f,
+                Err(e) => {
+                    outage.lock().replaying = 0;
+                    return Err(e);
+                }
             }
-            commit::apply_committed(wp, &ops);
+            commit::apply_committed(wp, &ops, &fenced);
         }
         let mut st = outage.lock();
         st.pending.drain(..snapshot.len());
         st.replaying = 0;
+        if !fenced.is_empty() {
+            // Another holder has the lease of these companies: what they kept during the
+            // outage (in this chunk or later) is never applied over it. It goes to the
+            // lost-writes file for the operator.
+            let mut lost: Vec<PendingCall> = snapshot
+                .iter()
+                .filter(|p| fenced.contains(&*p.0.id))
+                .cloned()
+                .collect();
+            st.pending.retain(|p| {
+                let gone = fenced.contains(&*p.0.id);
+                if gone {
+                    lost.push(p.clone());
+                }
+                !gone
+            });
+            report_lost(wp, &lost);
+            if !st.pending.is_empty() {
+                if let Some(j) = &outage.journal {
+                    let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
+                    let ops: Vec<super::journal::Record> = st
+                        .pending
+                        .iter()
+                        .map(|p| (&*p.0.id, &p.1, p.0.journal_token()))
+                        .collect();
+                    // On failure the next start replays them again and the lease refuses
+                    // them again: nothing is applied, the lost file gets them twice.
+                    if let Err(e) = j.rewrite(&ops) {
+                        tracing::warn!(error = %e, "could not drop lost calls from the journal");
+                    }
+                    outage.journal_bytes.store(j.bytes, Ordering::Relaxed);
+                }
+            }
+        }
         st.pending_bytes = st.pending.iter().map(|p| p.1.bytes()).sum();
         st.overlay.clear();
         st.cleared.clear();
@@ -171,5 +208,31 @@ pub(crate) async fn flush_on_close(wp: &Arc<WritePath>) -> CloseReport {
     CloseReport {
         flushed_calls: before.saturating_sub(unflushed.len()),
         unflushed,
+    }
+}
+
+/// Writes acknowledged calls whose lease was lost to the lost-writes file and counts them.
+fn report_lost(wp: &WritePath, lost: &[PendingCall]) {
+    if lost.is_empty() {
+        return;
+    }
+    let mut companies: Vec<&str> = lost.iter().map(|p| &*p.0.id).collect();
+    companies.sort_unstable();
+    companies.dedup();
+    let why = format!(
+        "the lease of {} was taken by another holder while the database was away",
+        companies.join(", ")
+    );
+    match wp.outage.write_lost(lost, &why) {
+        Ok(path) => {
+            tracing::error!(calls = lost.len(), file = %path, reason = %why,
+                "writes kept during the outage were NOT applied; they are in the lost-writes file");
+            wp.leases.count_lost_calls(lost.len(), Some(path));
+        }
+        Err(e) => {
+            tracing::error!(calls = lost.len(), error = %e, reason = %why,
+                "writes kept during the outage were NOT applied and could not be written to the lost-writes file");
+            wp.leases.count_lost_calls(lost.len(), None);
+        }
     }
 }

@@ -1,0 +1,200 @@
+//! The SQL of the company lease (table `authstate_leases`, migration 0003): acquire, renew
+//! in one batched statement, release. Times are the server's (`now()`), so the clocks of the
+//! store processes do not matter.
+
+use std::time::SystemTime;
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::types::Type;
+
+use crate::error::{Error, Result};
+
+/// Who a store process is, as written into the lease rows it holds.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub(crate) host: String,
+    pub(crate) pid: i32,
+    /// Random per store: two stores in one process (or a pid reused after a restart) differ.
+    pub(crate) instance: String,
+    pub(crate) started_at: SystemTime,
+}
+
+/// The holder of a lease as the database showed it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Holder {
+    pub(crate) host: String,
+    pub(crate) pid: i32,
+    pub(crate) instance: String,
+    /// When it acquired the lease, UTC, ISO 8601.
+    pub(crate) since: String,
+    /// Seconds until the lease expires unless renewed (0 when expired).
+    pub(crate) expires_in_secs: f64,
+    pub(crate) token: i64,
+}
+
+/// What an acquisition did: `token` is ours when we got the lease; `previous` is the row as it
+/// was before (the holder that refused us, or the one we took over from).
+#[derive(Debug, Clone)]
+pub(crate) struct Acquired {
+    pub(crate) token: Option<i64>,
+    pub(crate) previous: Option<Holder>,
+}
+
+// The takeover rule: a free (expired or released) lease, or one this very store instance holds;
+// with `$7` (the token a journal's writes were made under) only the lease that still carries
+// that token, whoever holds it: the journal continues that holder's writes, and a lease that
+// moved on means another holder wrote in between.
+const ACQUIRE: &str = "
+WITH prev AS (
+    SELECT token, holder_host, holder_pid, holder_instance, acquired_at, expires_at
+    FROM authstate_leases WHERE company_id = $1
+), took AS (
+    INSERT INTO authstate_leases AS l (company_id, holder_host, holder_pid, holder_instance,
+        holder_started_at, token, acquired_at, heartbeat_at, expires_at, released_at)
+    VALUES ($1, $2, $3, $4, $5, 1, now(), now(), now() + make_interval(secs => $6), NULL)
+    ON CONFLICT (company_id) DO UPDATE SET
+        holder_host = EXCLUDED.holder_host, holder_pid = EXCLUDED.holder_pid,
+        holder_instance = EXCLUDED.holder_instance,
+        holder_started_at = EXCLUDED.holder_started_at, token = l.token + 1,
+        acquired_at = now(), heartbeat_at = now(), expires_at = EXCLUDED.expires_at,
+        released_at = NULL
+    WHERE CASE WHEN $7::int8 IS NULL
+               THEN l.expires_at <= now() OR l.holder_instance = EXCLUDED.holder_instance
+               ELSE l.token = $7::int8 END
+    RETURNING l.token
+)
+SELECT (SELECT token FROM took), p.holder_host, p.holder_pid, p.holder_instance,
+       to_char(p.acquired_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+       GREATEST(0, extract(epoch FROM p.expires_at - now()))::float8, p.token
+FROM (SELECT 1) AS one LEFT JOIN prev p ON true";
+
+/// Takes the lease of `company` if it is free, ours, or (with `inherited`) still carries the
+/// token a journal was written under. One statement.
+pub(crate) async fn acquire(
+    client: &impl GenericClient,
+    me: &Identity,
+    company: &str,
+    expiry_secs: f64,
+    inherited: Option<i64>,
+) -> Result<Acquired> {
+    let stmt = client
+        .prepare_typed_cached(
+            ACQUIRE,
+            &[
+                Type::TEXT,
+                Type::TEXT,
+                Type::INT4,
+                Type::TEXT,
+                Type::TIMESTAMPTZ,
+                Type::FLOAT8,
+                Type::INT8,
+            ],
+        )
+        .await
+        .map_err(missing_table)?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[
+                &company,
+                &me.host,
+                &me.pid,
+                &me.instance,
+                &me.started_at,
+                &expiry_secs,
+                &inherited,
+            ],
+        )
+        .await?;
+    let bad = |e: tokio_postgres::Error| Error::database(format!("lease row of {company}: {e}"));
+    let token: Option<i64> = row.try_get(0).map_err(bad)?;
+    let host: Option<String> = row.try_get(1).map_err(bad)?;
+    let previous = match host {
+        None => None,
+        Some(host) => Some(Holder {
+            host,
+            pid: row.try_get(2).map_err(bad)?,
+            instance: row.try_get(3).map_err(bad)?,
+            since: row.try_get(4).map_err(bad)?,
+            expires_in_secs: row.try_get(5).map_err(bad)?,
+            token: row.try_get(6).map_err(bad)?,
+        }),
+    };
+    Ok(Acquired { token, previous })
+}
+
+/// A lease table that does not exist means the database was not migrated: say how to fix it.
+fn missing_table(e: tokio_postgres::Error) -> Error {
+    let e = Error::from(e);
+    if e.sqlstate() == Some("42P01") {
+        return Error::migration(
+            "the lease table authstate_leases does not exist: run `authstate migrate` (or \
+             Store::migrate), or turn the lease off (Config::lease = false)",
+        )
+        .with_source(e);
+    }
+    e
+}
+
+const RENEW: &str = "
+UPDATE authstate_leases l
+SET heartbeat_at = now(), expires_at = now() + make_interval(secs => $3)
+FROM unnest($1::text[], $2::int8[]) AS h(c, t)
+WHERE l.company_id = h.c AND l.token = h.t
+RETURNING l.company_id";
+
+/// Renews every lease in `(companies, tokens)` with one statement; returns the companies still
+/// ours. A company missing from the answer was taken over by another holder.
+pub(crate) async fn renew(
+    client: &impl GenericClient,
+    companies: &[&str],
+    tokens: &[i64],
+    expiry_secs: f64,
+) -> Result<Vec<String>> {
+    let stmt = client
+        .prepare_typed_cached(RENEW, &[Type::TEXT_ARRAY, Type::INT8_ARRAY, Type::FLOAT8])
+        .await
+        .map_err(missing_table)?;
+    let rows = client
+        .query(&stmt, &[&companies, &tokens, &expiry_secs])
+        .await?;
+    rows.iter()
+        .map(|r| {
+            r.try_get::<_, String>(0)
+                .map_err(|e| Error::database(format!("renewed lease: {e}")))
+        })
+        .collect()
+}
+
+const RELEASE: &str = "
+UPDATE authstate_leases l SET expires_at = now(), heartbeat_at = now(), released_at = now()
+FROM unnest($1::text[], $2::int8[]) AS h(c, t)
+WHERE l.company_id = h.c AND l.token = h.t";
+
+/// Gives up the leases in `(companies, tokens)` at once (a waiting process takes them on its
+/// next try). The rows stay, so tokens keep counting up.
+pub(crate) async fn release(
+    client: &impl GenericClient,
+    companies: &[&str],
+    tokens: &[i64],
+) -> Result<u64> {
+    let stmt = client
+        .prepare_typed_cached(RELEASE, &[Type::TEXT_ARRAY, Type::INT8_ARRAY])
+        .await
+        .map_err(missing_table)?;
+    Ok(client.execute(&stmt, &[&companies, &tokens]).await?)
+}
+
+const RELEASE_INSTANCE: &str = "
+UPDATE authstate_leases SET expires_at = now(), heartbeat_at = now(), released_at = now()
+WHERE holder_instance = $1 AND released_at IS NULL AND expires_at > now()";
+
+/// Gives up every lease the store instance `instance` holds (at close). A lease another
+/// holder took over carries that holder's instance, so it is not touched.
+pub(crate) async fn release_instance(client: &impl GenericClient, instance: &str) -> Result<u64> {
+    let stmt = client
+        .prepare_typed_cached(RELEASE_INSTANCE, &[Type::TEXT])
+        .await
+        .map_err(missing_table)?;
+    Ok(client.execute(&stmt, &[&instance]).await?)
+}
