@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs pgbouncer (the Debian package) when it is missing: tests/pgbouncer.rs and
-# scripts/test-store-pgbouncer.sh run the store behind it. Needs root (or sudo) for apt-get.
+# scripts/test-via-pgbouncer.sh run the store behind it. Needs root (or sudo) for apt-get.
 set -euo pipefail
 if command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; then
   exit 0

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, the Rust core against a real PostgreSQL,
-# the C ABI (header/README drift, unit tests, cdylib + staticlib, valgrind, ASan), the lease tests
-# through pgbouncer in transaction mode (skipped before pgbouncer 1.21) and the Node addon with the
-# real Baileys. This is the README's test command and what .ci/run calls.
+# the C ABI (header/README drift, unit tests, cdylib + staticlib, valgrind, ASan), the store and
+# lease tests through pgbouncer in transaction mode, and the Node addon with the real Baileys. This is the README's test command and what .ci/run calls.
 #
 # Database: DATABASE_URL when set; otherwise each suite starts its own throwaway PostgreSQL from
 # the machine's binaries (as the postgres user when run as root) and removes it afterwards.
@@ -55,9 +54,8 @@ step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 step pgbouncer-install bash scripts/install-pgbouncer.sh
 step rust-tests cargo test -p authstate --locked
 step fuzz-build fuzz_build
-step store-via-pgbouncer bash scripts/test-store-pgbouncer.sh
+step via-pgbouncer bash scripts/test-via-pgbouncer.sh
 step c-abi bash scripts/test-c.sh
-step pgbouncer bash scripts/test-pgbouncer.sh
 step node bash scripts/test-node.sh
 
 echo

@@ -141,7 +141,7 @@ impl Leases {
         let expiry = self.expiry.as_secs_f64();
         let result = db
             .call("acquire lease", async |c| {
-                lease_sql::acquire(&*c, &self.me, id, expiry, inherited).await
+                lease_sql::acquire(&***c, &self.me, id, expiry, inherited).await
             })
             .await;
         metrics.record("lease_acquire", started.elapsed(), result.is_ok());
@@ -229,7 +229,7 @@ impl Leases {
         let started = Instant::now();
         let result = db
             .call("renew leases", async |c| {
-                lease_sql::renew(&*c, &ids, &tokens, expiry).await
+                lease_sql::renew(&***c, &ids, &tokens, expiry).await
             })
             .await;
         metrics.record("lease_heartbeat", started.elapsed(), result.is_ok());
@@ -288,7 +288,7 @@ impl Leases {
         let ids: Vec<&str> = pairs.iter().map(|(c, _)| &**c).collect();
         let tokens: Vec<i64> = pairs.iter().map(|(_, t)| *t).collect();
         db.call("release leases", async |c| {
-            lease_sql::release(&*c, &ids, &tokens).await
+            lease_sql::release(&***c, &ids, &tokens).await
         })
         .await
         .map(|_| ())
@@ -309,7 +309,7 @@ impl Leases {
             .clear();
         let me = &self.me.instance;
         db.call("release leases", async |c| {
-            lease_sql::release_instance(&*c, me).await
+            lease_sql::release_instance(&***c, me).await
         })
         .await
         .map(|_| ())

@@ -191,7 +191,7 @@ impl Inner {
             Some(
                 self.health_db
                     .call("count expired keys", async |c| {
-                        health_sql::expired_histogram(&*c, company, cfg.expired_scan_limit).await
+                        health_sql::expired_histogram(&***c, company, cfg.expired_scan_limit).await
                     })
                     .await,
             )
@@ -211,7 +211,7 @@ impl Inner {
                 Some(
                     self.health_db
                         .call("list store processes", async |c| {
-                            health_sql::list_processes(&*c).await
+                            health_sql::list_processes(&***c).await
                         })
                         .await,
                 )
@@ -265,11 +265,15 @@ impl Inner {
         self.health_db
             .call("publish process snapshot", async |c| {
                 if first {
-                    health_sql::remove_processes(&*c, None, Some(PROCESS_ROW_EXPIRY.as_secs_f64()))
-                        .await?;
+                    health_sql::remove_processes(
+                        &***c,
+                        None,
+                        Some(PROCESS_ROW_EXPIRY.as_secs_f64()),
+                    )
+                    .await?;
                 }
                 health_sql::publish_process(
-                    &*c,
+                    &***c,
                     &id.instance,
                     &id.host,
                     id.pid,
@@ -595,7 +599,7 @@ impl Store {
                 .inner
                 .health_db
                 .call("remove process snapshot", async |c| {
-                    health_sql::remove_processes(&*c, Some(instance), None).await
+                    health_sql::remove_processes(&***c, Some(instance), None).await
                 })
                 .await;
         }

@@ -21,6 +21,8 @@ use tokio::sync::broadcast::error::TryRecvError;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const CHILD_URL: &str = "AUTHSTATE_HEALTH_CHILD_URL";
+/// The company a child service opens (each child its own: the lease allows one holder).
+const CHILD_COMPANY: &str = "AUTHSTATE_HEALTH_CHILD_COMPANY";
 
 /// Background checks out of the way: the tests drive every evaluation themselves.
 fn quiet(cfg: &mut Config) {
@@ -578,7 +580,8 @@ async fn child_service() {
     cfg.health.publish_interval = Some(Duration::from_secs(1));
     cfg.health.sample_interval = Duration::from_millis(200);
     let store = Store::open(cfg).await.unwrap();
-    let s = store.session("childco").await.unwrap();
+    let company = std::env::var(CHILD_COMPANY).unwrap_or_else(|_| "childco".into());
+    let s = store.session(&company).await.unwrap();
     for i in 0..7 {
         s.set(vec![KeyWrite::put(
             "session",
@@ -684,6 +687,7 @@ async fn a_second_process_is_seen_by_the_cli() {
             "--test-threads=1",
         ])
         .env(CHILD_URL, &url)
+        .env(CHILD_COMPANY, "victimco")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .kill_on_drop(true)

@@ -1,8 +1,8 @@
 //! The SQL of the health checks and of the process snapshots (`authstate_processes`,
 //! migration 0004). Rows are read with `try_get`.
 
-use deadpool_postgres::GenericClient;
 use tokio_postgres::types::Type;
+use tokio_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use crate::error::{Error, Result};
@@ -69,24 +69,28 @@ pub(crate) async fn expired_histogram(
     limit: u64,
 ) -> Result<ExpiredCounts> {
     let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-    let row = match company {
+    let rows = match company {
         None => {
-            let stmt = client
-                .prepare_typed_cached(EXPIRED_HISTOGRAM, &[Type::INT8])
-                .await?;
-            client.query_one(&stmt, &[&limit]).await?
+            client
+                .query_typed(EXPIRED_HISTOGRAM, &[(&limit, Type::INT8)])
+                .await?
         }
         Some(c) => {
-            let stmt = client
-                .prepare_typed_cached(EXPIRED_HISTOGRAM_COMPANY, &[Type::INT8, Type::TEXT])
-                .await?;
-            client.query_one(&stmt, &[&limit, &c]).await?
+            client
+                .query_typed(
+                    EXPIRED_HISTOGRAM_COMPANY,
+                    &[(&limit, Type::INT8), (&c, Type::TEXT)],
+                )
+                .await?
         }
     };
-    let total = int8(&row, 0)?;
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::database("the expired-keys count returned no row"))?;
+    let total = int8(row, 0)?;
     let mut buckets = [0u64; 5];
     for (i, b) in buckets.iter_mut().enumerate() {
-        *b = int8(&row, i + 1)?;
+        *b = int8(row, i + 1)?;
     }
     Ok(ExpiredCounts {
         total,
@@ -109,22 +113,16 @@ pub(crate) async fn publish_process(
         VALUES ($1, $2, $3, to_timestamp($4::float8 / 1000), now(), $5::text::jsonb)
         ON CONFLICT (instance) DO UPDATE
             SET updated_at = now(), snapshot = EXCLUDED.snapshot";
-    let stmt = client
-        .prepare_typed_cached(
-            SQL,
-            &[Type::TEXT, Type::TEXT, Type::INT4, Type::FLOAT8, Type::TEXT],
-        )
-        .await?;
     let pid = i32::try_from(pid).unwrap_or(i32::MAX);
     client
-        .execute(
-            &stmt,
+        .query_typed(
+            SQL,
             &[
-                &instance,
-                &host,
-                &pid,
-                &(started_at_unix_ms as f64),
-                &snapshot_json,
+                (&instance, Type::TEXT),
+                (&host, Type::TEXT),
+                (&pid, Type::INT4),
+                (&(started_at_unix_ms as f64), Type::FLOAT8),
+                (&snapshot_json, Type::TEXT),
             ],
         )
         .await?;
@@ -138,11 +136,11 @@ pub(crate) async fn remove_processes(
     gone_secs: Option<f64>,
 ) -> Result<u64> {
     const SQL: &str = "DELETE FROM authstate_processes
-        WHERE instance = $1 OR updated_at < now() - make_interval(secs => $2)";
-    let stmt = client
-        .prepare_typed_cached(SQL, &[Type::TEXT, Type::FLOAT8])
+        WHERE instance = $1 OR updated_at < now() - make_interval(secs => $2) RETURNING 1";
+    let rows = client
+        .query_typed(SQL, &[(&instance, Type::TEXT), (&gone_secs, Type::FLOAT8)])
         .await?;
-    Ok(client.execute(&stmt, &[&instance, &gone_secs]).await?)
+    Ok(rows.len() as u64)
 }
 
 /// One row of `authstate_processes`, with its age measured by the server's clock.

@@ -4,8 +4,8 @@
 
 use std::time::SystemTime;
 
-use deadpool_postgres::GenericClient;
 use tokio_postgres::types::Type;
+use tokio_postgres::GenericClient;
 
 use crate::error::{Error, Result};
 
@@ -77,35 +77,24 @@ pub(crate) async fn acquire(
     expiry_secs: f64,
     inherited: Option<i64>,
 ) -> Result<Acquired> {
-    let stmt = client
-        .prepare_typed_cached(
+    let rows = client
+        .query_typed(
             ACQUIRE,
             &[
-                Type::TEXT,
-                Type::TEXT,
-                Type::INT4,
-                Type::TEXT,
-                Type::TIMESTAMPTZ,
-                Type::FLOAT8,
-                Type::INT8,
+                (&company, Type::TEXT),
+                (&me.host, Type::TEXT),
+                (&me.pid, Type::INT4),
+                (&me.instance, Type::TEXT),
+                (&me.started_at, Type::TIMESTAMPTZ),
+                (&expiry_secs, Type::FLOAT8),
+                (&inherited, Type::INT8),
             ],
         )
         .await
         .map_err(missing_table)?;
-    let row = client
-        .query_one(
-            &stmt,
-            &[
-                &company,
-                &me.host,
-                &me.pid,
-                &me.instance,
-                &me.started_at,
-                &expiry_secs,
-                &inherited,
-            ],
-        )
-        .await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::database(format!("taking the lease of {company} returned no row")))?;
     let bad = |e: tokio_postgres::Error| Error::database(format!("lease row of {company}: {e}"));
     let token: Option<i64> = row.try_get(0).map_err(bad)?;
     let host: Option<String> = row.try_get(1).map_err(bad)?;
@@ -151,13 +140,17 @@ pub(crate) async fn renew(
     tokens: &[i64],
     expiry_secs: f64,
 ) -> Result<Vec<String>> {
-    let stmt = client
-        .prepare_typed_cached(RENEW, &[Type::TEXT_ARRAY, Type::INT8_ARRAY, Type::FLOAT8])
+    let rows = client
+        .query_typed(
+            RENEW,
+            &[
+                (&companies, Type::TEXT_ARRAY),
+                (&tokens, Type::INT8_ARRAY),
+                (&expiry_secs, Type::FLOAT8),
+            ],
+        )
         .await
         .map_err(missing_table)?;
-    let rows = client
-        .query(&stmt, &[&companies, &tokens, &expiry_secs])
-        .await?;
     rows.iter()
         .map(|r| {
             r.try_get::<_, String>(0)
@@ -169,7 +162,8 @@ pub(crate) async fn renew(
 const RELEASE: &str = "
 UPDATE authstate_leases l SET expires_at = now(), heartbeat_at = now(), released_at = now()
 FROM unnest($1::text[], $2::int8[]) AS h(c, t)
-WHERE l.company_id = h.c AND l.token = h.t";
+WHERE l.company_id = h.c AND l.token = h.t
+RETURNING 1";
 
 /// Gives up the leases in `(companies, tokens)` at once (a waiting process takes them on its
 /// next try). The rows stay, so tokens keep counting up.
@@ -178,23 +172,27 @@ pub(crate) async fn release(
     companies: &[&str],
     tokens: &[i64],
 ) -> Result<u64> {
-    let stmt = client
-        .prepare_typed_cached(RELEASE, &[Type::TEXT_ARRAY, Type::INT8_ARRAY])
+    let rows = client
+        .query_typed(
+            RELEASE,
+            &[(&companies, Type::TEXT_ARRAY), (&tokens, Type::INT8_ARRAY)],
+        )
         .await
         .map_err(missing_table)?;
-    Ok(client.execute(&stmt, &[&companies, &tokens]).await?)
+    Ok(rows.len() as u64)
 }
 
 const RELEASE_INSTANCE: &str = "
 UPDATE authstate_leases SET expires_at = now(), heartbeat_at = now(), released_at = now()
-WHERE holder_instance = $1 AND released_at IS NULL AND expires_at > now()";
+WHERE holder_instance = $1 AND released_at IS NULL AND expires_at > now()
+RETURNING 1";
 
 /// Gives up every lease the store instance `instance` holds (at close). A lease another
 /// holder took over carries that holder's instance, so it is not touched.
 pub(crate) async fn release_instance(client: &impl GenericClient, instance: &str) -> Result<u64> {
-    let stmt = client
-        .prepare_typed_cached(RELEASE_INSTANCE, &[Type::TEXT])
+    let rows = client
+        .query_typed(RELEASE_INSTANCE, &[(&instance, Type::TEXT)])
         .await
         .map_err(missing_table)?;
-    Ok(client.execute(&stmt, &[&instance]).await?)
+    Ok(rows.len() as u64)
 }

@@ -1,5 +1,5 @@
 //! pgbouncer (the Debian package) in transaction pooling mode in front of a PostgreSQL server,
-//! configured from `tests/common/pgbouncer.ini` (shared with `scripts/test-store-pgbouncer.sh`).
+//! configured from `tests/common/pgbouncer.ini` (shared with `scripts/test-via-pgbouncer.sh`).
 //!
 //! pgbouncer refuses to run as root, so as root it runs as the `postgres` user. A reaper shell
 //! (whose stdin is a pipe from this process) stops it when the test process ends, even by

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The normal store tests (tests/store.rs) once more, through pgbouncer in transaction pooling
-# mode in front of a throwaway cluster: prepared statements, timeouts and CREATE DATABASE (each
-# test creates its own database on DATABASE_URL's server) all go through the pooler. The
+# The normal store tests (tests/store.rs) and the lease tests (tests/lease.rs: two and three real
+# processes, SIGKILL/SIGSTOP takeovers, fencing) once more, through pgbouncer in transaction
+# pooling mode in front of a throwaway cluster: statements, timeouts, the lease rows and CREATE
+# DATABASE (each test creates its own database on DATABASE_URL's server) all go through the
+# pooler, which hands each transaction to any server connection (so nothing may rely on session
+# state: the store sends unnamed statements only, and the lease is a row, not an advisory lock). The
 # pgbouncer settings are tests/common/pgbouncer.ini, shared with tests/pgbouncer.rs.
 # Installs pgbouncer when it is missing. Exits non-zero on any failure.
 set -euo pipefail
@@ -60,4 +63,4 @@ done
 echo "pgbouncer $("$pgbouncer_bin" --version | head -1) on 127.0.0.1:$port (transaction pooling) -> PostgreSQL on port $pg_port"
 
 DATABASE_URL="host=127.0.0.1 port=$port user=postgres dbname=postgres" \
-  cargo test -p authstate --locked --test store
+  cargo test -p authstate --locked --test store --test lease
