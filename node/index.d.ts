@@ -127,6 +127,8 @@ export declare class Store extends EventEmitter {
   prometheus(): string
   /** 'alert': a health check changed state (per-kind cooldowns apply). */
   on(event: 'alert', listener: (alert: AlertEvent) => void): this
+  /** 'lost': a session's lease was taken over by another holder; its calls fail EAUTHSTATE_LOCKED. */
+  on(event: 'lost', listener: (lost: { companyId: string, message: string }) => void): this
   on(event: string | symbol, listener: (...args: any[]) => void): this
   addListener(event: 'alert', listener: (alert: AlertEvent) => void): this
   addListener(event: string | symbol, listener: (...args: any[]) => void): this

@@ -186,11 +186,25 @@ function syncCall (fn) {
 // ---- Session ------------------------------------------------------------------------------
 
 class Session {
-  constructor (nativeSession) {
+  constructor (nativeSession, store) {
     this._native = nativeSession
+    this._store = store
     this._closed = false
+    this._lost = false
     this._pending = new Set()
     this.companyId = nativeSession.companyId
+  }
+
+  // LOCKED on a call of an open session means its lease was taken over (fenced): tell the
+  // service once, as store 'lost' events, so it can stop this account's socket.
+  _watch (p) {
+    return p.catch((e) => {
+      if (e && e.code === 'EAUTHSTATE_LOCKED' && !this._lost && this._store) {
+        this._lost = true
+        this._store.emit('lost', { companyId: this.companyId, message: e.message })
+      }
+      throw e
+    })
   }
 
   _check () {
@@ -198,6 +212,7 @@ class Session {
   }
 
   _track (p) {
+    p = this._watch(p)
     this._pending.add(p)
     const done = () => this._pending.delete(p)
     p.then(done, done)
@@ -228,7 +243,7 @@ class Session {
       // Answered from memory without an async hop when every id is cached.
       const cached = this._native.getCached(type, ids)
       return cached == null ? this._native.get(type, ids) : cached
-    }).then((text) => reviveGot(type, text))
+    }).then((text) => reviveGot(type, text), (e) => this._watch(Promise.reject(e)))
   }
 
   set (data) {
@@ -271,7 +286,7 @@ class Store {
     return call(() => {
       if (typeof companyId !== 'string') throw invalid('session: companyId must be a string')
       return this._native.session(companyId)
-    }).then((s) => new Session(s))
+    }).then((s) => new Session(s, this))
   }
 
   metrics () {
