@@ -44,23 +44,38 @@ read -r -t 120 info <&"${TEMPDB[0]}"
 pg_port=$(printf '%s' "$info" | sed -n 's/.*"port":\([0-9]*\).*/\1/p')
 [ -n "$pg_port" ] || { echo "authstate tempdb printed no port: $info" >&2; exit 1; }
 
-port=
-for _ in $(seq 1 50); do
-  p=$((20000 + RANDOM % 30000))
-  if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
+# Start pgbouncer on a free port; a start that does not listen (a port taken meanwhile) is
+# retried on another port, and a pgbouncer that never listens fails with its log.
+start_pgbouncer() {
+  port=
+  for _ in $(seq 1 50); do
+    p=$((20000 + RANDOM % 30000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
+  done
+  [ -n "$port" ] || { echo "no free port for pgbouncer" >&2; exit 1; }
+  rm -f "$dir/pgbouncer.pid"
+  sed -e "s|@PG_PORT@|$pg_port|" -e "s|@LISTEN_PORT@|$port|" -e "s|@DIR@|$dir|" \
+    tests/common/pgbouncer.ini > "$dir/pgbouncer.ini"
+  printf '"postgres" ""\n' > "$dir/userlist.txt"
+  [ ${#run_as[@]} -eq 0 ] || chown postgres: "$dir/pgbouncer.ini" "$dir/userlist.txt"
+  "${run_as[@]}" "$pgbouncer_bin" -d "$dir/pgbouncer.ini" || return 1
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+started=
+for attempt in 1 2 3; do
+  if start_pgbouncer; then started=1; break; fi
+  echo "pgbouncer did not listen on $port (attempt $attempt); its log:" >&2
+  tail -5 "$dir/pgbouncer.log" >&2 2>/dev/null || true
+  [ -f "$dir/pgbouncer.pid" ] && kill -TERM "$(cat "$dir/pgbouncer.pid")" 2>/dev/null || true
 done
-[ -n "$port" ] || { echo "no free port for pgbouncer" >&2; exit 1; }
-
-sed -e "s|@PG_PORT@|$pg_port|" -e "s|@LISTEN_PORT@|$port|" -e "s|@DIR@|$dir|" \
-  tests/common/pgbouncer.ini > "$dir/pgbouncer.ini"
-printf '"postgres" ""\n' > "$dir/userlist.txt"
-[ ${#run_as[@]} -eq 0 ] || chown postgres: "$dir/pgbouncer.ini" "$dir/userlist.txt"
-"${run_as[@]}" "$pgbouncer_bin" -d "$dir/pgbouncer.ini"
-for _ in $(seq 1 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
-done
+[ -n "$started" ] || { echo "pgbouncer never listened" >&2; exit 1; }
 echo "pgbouncer $("$pgbouncer_bin" --version | head -1) on 127.0.0.1:$port (transaction pooling) -> PostgreSQL on port $pg_port"
 
+# The store goes through pgbouncer; the tests' own checks read PostgreSQL directly.
 DATABASE_URL="host=127.0.0.1 port=$port user=postgres dbname=postgres" \
+AUTHSTATE_TEST_DIRECT=$port:$pg_port \
   cargo test -p authstate --locked --test store --test lease

@@ -95,13 +95,31 @@ pub async fn store(prefix: &str) -> (Store, String) {
 }
 
 /// A plain SQL client on `url`, for checking what the store really wrote.
+///
+/// When the store under test goes through a pooler (`scripts/test-via-pgbouncer.sh`),
+/// `AUTHSTATE_TEST_DIRECT=<pooler port>:<PostgreSQL port>` says where PostgreSQL itself
+/// listens: the test's checks of a database behind that pooler then read it directly, as an
+/// operator would, instead of through the pooler (whose transaction mode cannot carry this
+/// client's named statements). Databases elsewhere (a test's own cluster) are used as given.
 pub async fn sql(url: &str) -> tokio_postgres::Client {
     let cfg = Config::from_url(url).expect("config");
-    let (client, conn) = cfg
-        .pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .expect("connect");
+    let mut pg = cfg.pg.clone();
+    let direct = std::env::var("AUTHSTATE_TEST_DIRECT").ok().and_then(|v| {
+        let (pooler, postgres) = v.split_once(':')?;
+        Some((pooler.parse::<u16>().ok()?, postgres.parse::<u16>().ok()?))
+    });
+    if let Some((pooler, postgres)) = direct {
+        if pg.get_ports().first() == Some(&pooler) {
+            let mut d = tokio_postgres::Config::new();
+            d.host("127.0.0.1").port(postgres);
+            if let Some(db) = pg.get_dbname() {
+                d.dbname(db);
+            }
+            d.user(pg.get_user().unwrap_or("postgres"));
+            pg = d;
+        }
+    }
+    let (client, conn) = pg.connect(tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(conn);
     client
 }
