@@ -7,37 +7,42 @@ use tokio_postgres::Row;
 
 use crate::error::{Error, Result};
 
+/// The histogram's columns over `age` (the same buckets as `admin::AGE_BUCKETS`).
+macro_rules! histogram_of_age {
+    () => {
+        "SELECT count(*)::int8,
+       count(*) FILTER (WHERE age < interval '1 day')::int8,
+       count(*) FILTER (WHERE age >= interval '1 day' AND age < interval '7 days')::int8,
+       count(*) FILTER (WHERE age >= interval '7 days' AND age < interval '14 days')::int8,
+       count(*) FILTER (WHERE age >= interval '14 days' AND age < interval '30 days')::int8,
+       count(*) FILTER (WHERE age >= interval '30 days')::int8
+"
+    };
+}
+
 /// Expired keys by how long ago they expired. One query, bounded by `LIMIT $1`: it walks the
 /// partial index `whatsapp_keys_expires_at_idx` (migration 0002, `expires_at IS NOT NULL`) from
 /// the oldest expiry up to `now()` and stops after `$1` rows, so its cost is proportional to
 /// the number of expired keys (at most the limit), never to the size of the table. The
 /// `ORDER BY expires_at` is what makes that range scan the natural plan (an index scan in index
 /// order satisfies both the range condition and the order without a sort).
-const EXPIRED_HISTOGRAM: &str = "
-SELECT count(*)::int8,
-       count(*) FILTER (WHERE age < interval '1 day')::int8,
-       count(*) FILTER (WHERE age >= interval '1 day' AND age < interval '7 days')::int8,
-       count(*) FILTER (WHERE age >= interval '7 days' AND age < interval '14 days')::int8,
-       count(*) FILTER (WHERE age >= interval '14 days' AND age < interval '30 days')::int8,
-       count(*) FILTER (WHERE age >= interval '30 days')::int8
-FROM (SELECT now() - expires_at AS age
+const EXPIRED_HISTOGRAM: &str = concat!(
+    histogram_of_age!(),
+    "FROM (SELECT now() - expires_at AS age
       FROM whatsapp_keys
       WHERE expires_at IS NOT NULL AND expires_at <= now()
       ORDER BY expires_at
-      LIMIT $1) AS expired";
+      LIMIT $1) AS expired"
+);
 
 /// The same for one company: the primary key `(company_id, ...)` finds its rows.
-const EXPIRED_HISTOGRAM_COMPANY: &str = "
-SELECT count(*)::int8,
-       count(*) FILTER (WHERE age < interval '1 day')::int8,
-       count(*) FILTER (WHERE age >= interval '1 day' AND age < interval '7 days')::int8,
-       count(*) FILTER (WHERE age >= interval '7 days' AND age < interval '14 days')::int8,
-       count(*) FILTER (WHERE age >= interval '14 days' AND age < interval '30 days')::int8,
-       count(*) FILTER (WHERE age >= interval '30 days')::int8
-FROM (SELECT now() - expires_at AS age
+const EXPIRED_HISTOGRAM_COMPANY: &str = concat!(
+    histogram_of_age!(),
+    "FROM (SELECT now() - expires_at AS age
       FROM whatsapp_keys
       WHERE company_id = $2 AND expires_at IS NOT NULL AND expires_at <= now()
-      LIMIT $1) AS expired";
+      LIMIT $1) AS expired"
+);
 
 /// The text of the histogram query, for `EXPLAIN` in tests and the report.
 pub fn expired_histogram_sql() -> &'static str {

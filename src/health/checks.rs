@@ -28,7 +28,7 @@ pub const OUTAGE: &str = "outage";
 pub const PROCESSES: &str = "processes";
 
 /// Labels of the expired-key age histogram (time since expiry).
-pub const AGE_BUCKETS: [&str; 5] = ["0-1d", "1-7d", "7-14d", "14-30d", ">30d"];
+pub use crate::db::admin::AGE_BUCKETS;
 
 fn check(name: &str, status: Status, summary: String, rec: Option<&str>) -> Check {
     Check {
