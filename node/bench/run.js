@@ -11,7 +11,8 @@
 // the delay proxy (`examples/delay_proxy.rs`, src/delay_proxy.rs; built with cargo on first
 // use); set-up and migrations go direct.
 // Options (env): BENCH_MESSAGES_PER_ACCOUNT (40), BENCH_ACCOUNTS (50), BENCH_REPS (8),
-// BENCH_JSON (a file to write the results to, as JSON), BENCH_IMPLS (e.g. `addon`: only these).
+// BENCH_JSON (a file to write the results to, as JSON), BENCH_IMPLS (e.g. `addon`: only these),
+// BENCH_ADDON_OPTIONS (JSON options for the addon's store, see below).
 // CPU columns: seconds of CPU per 1,000 units (messages, keys or gets) of the Node process
 // (process.cpuUsage) and of PostgreSQL (the postmaster and all its children, read from
 // /proc/<pid>/stat; needs the server on this host, else "-").
@@ -29,6 +30,9 @@ const { makeReference } = require('./reference-pg.js')
 const ACCOUNTS = Number(process.env.BENCH_ACCOUNTS || 50)
 const PER_ACCOUNT = Number(process.env.BENCH_MESSAGES_PER_ACCOUNT || 40)
 const REPS = Number(process.env.BENCH_REPS || 8)
+// BENCH_ADDON_OPTIONS: JSON merged into the addon's openStore options, e.g.
+// '{"durability":"journal","journalPath":"/tmp/j"}' or '{"pipelineDepth":1}'.
+const ADDON_OPTIONS = JSON.parse(process.env.BENCH_ADDON_OPTIONS || '{}')
 const FIXTURES = path.join(__dirname, '..', '..', 'tests', 'fixtures', 'baileys')
 const RTT_MS = (() => {
   const i = process.argv.indexOf('--rtt-ms')
@@ -174,13 +178,18 @@ async function main () {
     for (let i = 1; i <= 812; i++) preKeys[i] = B.Curve.generateKeyPair()
 
     const pool = new Pool({ connectionString: url, max: 20 })
+    // An idle client's connection ended by the server (e.g. the cluster stopping after a failure)
+    // must not crash the run and hide the error that stopped it.
+    pool.on('error', (e) => console.error(`reference pool: idle client error: ${e.message}`))
     const impls = [
       {
         name: 'addon',
-        async init () { this.store = await openStore({ url }) },
+        async init () { this.store = await openStore({ url, ...ADDON_OPTIONS }) },
         open (c) { return usePostgresAuthState(this.store, c) },
         async coldGet (c, type, ids) {
-          const store = await openStore({ url })
+          // A second store with an empty cache; it only reads, and the bench's main store holds
+          // the company's lease, so this one takes none.
+          const store = await openStore({ url, lease: false })
           const auth = await usePostgresAuthState(store, c)
           const t0 = now()
           const got = await auth.state.keys.get(type, ids)
@@ -330,6 +339,31 @@ async function main () {
       const total = now() - t0
       const cpu2 = per1k(m2.stop(), n)
       results.push({ workload: 'cached get (1 session)', impl: impl.name, rate: n / (total / 1000), unit: 'gets/s', p50: pct(lat2, 50), p99: pct(lat2, 99), cpu: cpu2 })
+    }
+    // The floor for a cold get: the same query, its values as text through node-postgres, nothing
+    // parsed (what the addon's cold get is measured against).
+    {
+      const company = `cold_${impls[0].name.replace(/\W/g, '')}`
+      const ids = []
+      for (let i = 0; i < 1000; i++) ids.push(`55118${String(i).padStart(8, '0')}_1.0`)
+      const lat = []
+      const m = meter(pm)
+      for (let r = 0; r < Math.max(3, Math.floor(REPS / 2)); r++) {
+        const c = new Client({ connectionString: url })
+        await c.connect()
+        const t0 = now()
+        const { rows } = await c.query({
+          text: 'SELECT key_id, value::jsonb::text AS v FROM whatsapp_keys WHERE company_id = $1 AND key_type = $2 AND key_id = ANY($3::text[])',
+          values: [company, 'session', ids]
+        })
+        lat.push(now() - t0)
+        await c.end()
+        if (rows.length !== 1000) throw new Error(`bare query returned ${rows.length} rows`)
+      }
+      const sum = lat.reduce((a, b) => a + b, 0)
+      const cpu = per1k(m.stop(), 1000 * lat.length)
+      const at = results.findIndex((r) => r.workload === 'cold get of 1,000 keys' && r.impl === impls[0].name)
+      results.splice(at + 1, 0, { workload: 'cold get of 1,000 keys', impl: 'bare query (text)', rate: (1000 * lat.length) / (sum / 1000), unit: 'keys/s', p50: pct(lat, 50), p99: pct(lat, 99), cpu })
     }
     for (const impl of impls) await impl.done()
     await pool.end()
