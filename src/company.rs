@@ -14,6 +14,10 @@ use crate::value::StoredValue;
 pub(crate) enum LeaseState {
     /// The store runs without leases: writes are not fenced.
     Off,
+    /// New: its first opener is acquiring the lease now. The lease task leaves it alone (a
+    /// refused open is only that, not a lost lease); an opener that cannot reach the database
+    /// makes it `Pending`.
+    Opening,
     /// Not acquired yet: the session was opened during an outage, or the company's writes came
     /// from a journal. `inherited` is the token the journal's writes were made under. The
     /// first write (or the replay) acquires it before anything is written.
@@ -71,6 +75,21 @@ impl Company {
     pub(crate) fn lease(&self) -> LeaseState {
         self.lease.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+    /// An opener that could not acquire the lease (the database is away) keeps serving: the
+    /// company becomes `Pending`, for the lease task or the first write to acquire.
+    pub(crate) fn opened_without_lease(&self) {
+        let mut st = self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        if *st == LeaseState::Opening {
+            *st = LeaseState::Pending { inherited: None };
+        }
+    }
+    /// The lease still has to be acquired before anything is written (`Opening`, `Pending`).
+    pub(crate) fn lease_unacquired(&self) -> bool {
+        matches!(
+            *self.lease.lock().unwrap_or_else(|p| p.into_inner()),
+            LeaseState::Opening | LeaseState::Pending { .. }
+        )
+    }
     /// Sets the lease state; a `Lost` or `Released` company stays so.
     pub(crate) fn set_lease(&self, next: LeaseState) {
         let mut st = self.lease.lock().unwrap_or_else(|p| p.into_inner());
@@ -85,7 +104,9 @@ impl Company {
         let mut st = self.lease.lock().unwrap_or_else(|p| p.into_inner());
         let matches = match (&*st, token) {
             (LeaseState::Held { token: t }, Some(want)) => *t == want,
-            (LeaseState::Held { .. } | LeaseState::Pending { .. }, None) => true,
+            (LeaseState::Held { .. } | LeaseState::Pending { .. } | LeaseState::Opening, None) => {
+                true
+            }
             _ => false,
         };
         if matches {
@@ -106,7 +127,7 @@ impl Company {
     /// The token writes are fenced with now: `Ok(None)` without lease, `Err` when lost.
     pub(crate) fn lease_token(&self) -> std::result::Result<Option<i64>, String> {
         match &*self.lease.lock().unwrap_or_else(|p| p.into_inner()) {
-            LeaseState::Off | LeaseState::Pending { .. } => Ok(None),
+            LeaseState::Off | LeaseState::Opening | LeaseState::Pending { .. } => Ok(None),
             LeaseState::Held { token } => Ok(Some(*token)),
             LeaseState::Lost { why } => Err(why.clone()),
             LeaseState::Released => Err("the lease was released at close".into()),
@@ -150,7 +171,8 @@ pub(crate) struct Companies {
 }
 
 impl Companies {
-    /// `leased`: new companies start `Pending` (acquired on first use) instead of `Off`.
+    /// `leased`: new companies start `Opening` (their opener acquires the lease) instead of
+    /// `Off`.
     pub(crate) fn new(lanes: usize, leased: bool) -> Companies {
         Companies {
             map: Mutex::new(HashMap::new()),
@@ -191,7 +213,7 @@ impl Companies {
             lane: (h.finish() % self.lanes as u64) as usize,
             directory: Mutex::new(KeyDirectory::default()),
             lease: Mutex::new(if self.leased {
-                LeaseState::Pending { inherited: None }
+                LeaseState::Opening
             } else {
                 LeaseState::Off
             }),

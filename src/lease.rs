@@ -134,6 +134,7 @@ impl Leases {
             LeaseState::Off | LeaseState::Held { .. } => return Ok(()),
             LeaseState::Lost { why } => return Err(Error::locked(why)),
             LeaseState::Released => return Err(Error::closed("the store is closed")),
+            LeaseState::Opening => None,
             LeaseState::Pending { inherited } => inherited,
         };
         let started = Instant::now();

@@ -453,6 +453,7 @@ impl Store {
                     Err(e) => return Err(e),
                 }
             }
+            company.opened_without_lease();
             if company.directory().begin_load() {
                 // In the background: opening a session must not wait for 10,000s of key ids.
                 // After the lease is ours, so no other process writes keys it would miss.

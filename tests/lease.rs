@@ -716,3 +716,42 @@ async fn a_session_opened_during_an_outage_gets_its_lease_when_the_database_is_b
     other.close().await.expect("close");
     store.close().await.expect("close");
 }
+
+/// A refused open is only that: the lease task, which takes the leases of sessions opened
+/// during an outage, must leave alone a company whose opener is acquiring its lease right now.
+/// (It did: it found the company "pending", was refused too, and marked a lease this store
+/// never held as lost: `leases.lost` counted it and the log said "lease lost".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opens_refused_while_the_lease_task_runs_lose_nothing() {
+    let url = common::fresh_database("refused_opens").await;
+    let holder = Store::open(config(&url)).await.expect("open");
+    holder.migrate().await.expect("migrate");
+    let _held = holder.session("held").await.expect("session");
+
+    let mut cfg = config(&url);
+    // Many rounds of the lease task while the opens below are in flight.
+    cfg.lease_heartbeat = Duration::from_millis(50);
+    let other = Store::open(cfg).await.expect("open");
+    let _mine = other.session("mine").await.expect("a free company");
+    let beats = |s: &Store| s.metrics().leases.heartbeats;
+    let first = beats(&other);
+    let started = Instant::now();
+    let mut refused = 0;
+    while beats(&other) < first + 20 {
+        assert!(started.elapsed() < PATIENCE, "{:?}", other.metrics().leases);
+        let e = other
+            .session("held")
+            .await
+            .expect_err("held by the other store");
+        assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
+        refused += 1;
+    }
+    let m = other.metrics().leases;
+    assert_eq!(
+        (m.held, m.pending, m.lost),
+        (1, 0, 0),
+        "{m:?} after {refused} refused opens"
+    );
+    other.close().await.expect("close");
+    holder.close().await.expect("close");
+}

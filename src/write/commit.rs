@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::cache;
-use crate::company::{Company, LeaseState};
+use crate::company::Company;
 use crate::db::sql;
 use crate::directory::{key_hash, Change};
 use crate::error::{Error, Result};
@@ -28,7 +28,7 @@ pub(crate) async fn take_pending_leases(wp: &WritePath, ops: &[(&Company, &Op)])
         if !seen.insert(&*company.id) {
             continue;
         }
-        if let LeaseState::Pending { .. } = company.lease() {
+        if company.lease_unacquired() {
             match wp.leases.acquire(&wp.db, &wp.metrics, company).await {
                 Ok(()) => {}
                 Err(e) if lease::is_locked(&e) => {
@@ -48,8 +48,7 @@ pub(crate) async fn take_pending_leases(wp: &WritePath, ops: &[(&Company, &Op)])
 /// True when every company of `ops` can be written without an await first (its lease is held
 /// or off): what a pipelined write needs, since its statement must leave on the first poll.
 pub(crate) fn leases_ready(ops: &[(&Company, &Op)]) -> bool {
-    ops.iter()
-        .all(|(c, _)| !matches!(c.lease(), LeaseState::Pending { .. }))
+    ops.iter().all(|(c, _)| !c.lease_unacquired())
 }
 
 /// The lease token of each leased company of `ops` that is not in `fenced`.

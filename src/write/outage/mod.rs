@@ -257,14 +257,19 @@ impl Outage {
         let mut st = self.lock();
         for (company, op, token) in records {
             let company = companies.get(&company);
-            if let (crate::company::LeaseState::Pending { inherited }, Some(t)) =
-                (company.lease(), token)
-            {
-                // The replay takes the lease over only if it still carries this token.
-                let newest = inherited.map_or(t, |i| i.max(t));
-                company.set_lease(crate::company::LeaseState::Pending {
-                    inherited: Some(newest),
-                });
+            match (company.lease(), token) {
+                // The replay acquires the lease before it writes; with a token, it takes the
+                // lease over only if it still carries that token.
+                (crate::company::LeaseState::Opening, _) => {
+                    company.set_lease(crate::company::LeaseState::Pending { inherited: token });
+                }
+                (crate::company::LeaseState::Pending { inherited }, Some(t)) => {
+                    let newest = inherited.map_or(t, |i| i.max(t));
+                    company.set_lease(crate::company::LeaseState::Pending {
+                        inherited: Some(newest),
+                    });
+                }
+                _ => {}
             }
             coalesce(&mut st, &company, &op);
             st.pending_bytes += op.bytes();
