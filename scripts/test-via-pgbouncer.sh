@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The normal store tests (tests/store.rs) and the lease tests (tests/lease.rs: two and three real
-# processes, SIGKILL/SIGSTOP takeovers, fencing) once more, through pgbouncer in transaction
+# processes, SIGKILL/SIGSTOP takeovers, fencing; node/test/lease.test.js and
+# takeover-baileys.test.js: the same with Node processes and real Baileys traffic) once more, through pgbouncer in transaction
 # pooling mode in front of a throwaway cluster: statements, timeouts, the lease rows and CREATE
 # DATABASE (each test creates its own database on DATABASE_URL's server) all go through the
 # pooler, which hands each transaction to any server connection (so nothing may rely on session
@@ -79,3 +80,17 @@ echo "pgbouncer $("$pgbouncer_bin" --version | head -1) on 127.0.0.1:$port (tran
 DATABASE_URL="host=127.0.0.1 port=$port user=postgres dbname=postgres" \
 AUTHSTATE_TEST_DIRECT=$port:$pg_port \
   cargo test -p authstate --locked --test store --test lease
+
+# The Node lease tests too (a second Node process refused and fenced; three processes running
+# real Baileys traffic, one SIGKILLed and taken over): the addon is built as scripts/test-node.sh
+# builds it (a no-op when that ran first).
+(
+  cd node
+  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --no-audit --no-fund
+  fi
+  npm run build:debug
+  DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres" \
+  AUTHSTATE_BIN="$target_dir/debug/authstate" \
+    node --test --test-concurrency=1 test/lease.test.js test/takeover-baileys.test.js
+)
