@@ -9,8 +9,9 @@ use crate::cache::{self, Cached};
 use crate::company::Company;
 use crate::write::Op;
 
-/// One kept call. Shared with a replay in progress, copied on write otherwise.
-pub(super) type PendingCall = Arc<(Arc<Company>, Op)>;
+/// One kept call and when it was acknowledged. Shared with a replay in progress, copied on
+/// write otherwise.
+pub(super) type PendingCall = Arc<(Arc<Company>, Op, Instant)>;
 
 #[derive(Default)]
 /// Everything the outage mode keeps, under one lock.

@@ -23,116 +23,153 @@ pub(crate) async fn try_recover(wp: &Arc<WritePath>) -> Result<()> {
         // Another caller recovered while we waited for the lock.
         return Ok(());
     }
-    loop {
-        // Replay in bounded chunks of whole calls (each its own transaction, in order), so a
-        // long outage's backlog does not turn into one statement that never finishes within
-        // the statement timeout. A crash between chunks only replays the journal again from
-        // its start, which rewrites the same values in the same order.
-        let snapshot: Vec<PendingCall> = {
-            let mut st = outage.lock();
-            let mut keys = 0;
-            let snapshot: Vec<PendingCall> = st
-                .pending
-                .iter()
-                .take_while(|p| {
-                    let first = keys == 0;
-                    keys += p.1.weight();
-                    first || keys <= MAX_BATCH_KEYS
-                })
-                .cloned()
-                .collect();
-            // Under the same lock: a call diverted between taking the snapshot and marking it
-            // as replaying could coalesce into (and empty, and remove) a snapshot call, so the
-            // drain below would drop a newer call that was never replayed.
-            st.replaying = snapshot.len();
-            snapshot
-        };
-        let mut fenced = commit::Fenced::new();
-        if snapshot.is_empty() {
+    while !replay_chunk(wp, true).await? {}
+    Ok(())
+}
+
+/// Journal durability: commits the oldest pending calls (one chunk, coalesced). True when
+/// nothing is pending any more. While the database is away it leaves the replay to the
+/// reconnect loop and says so (`Unavailable`).
+pub(crate) async fn flush_chunk(wp: &Arc<WritePath>) -> Result<bool> {
+    let outage = &wp.outage;
+    let _one_at_a_time = outage.recovering.lock().await;
+    if outage.is_down() {
+        return Err(Error::unavailable(
+            "the database is away; the reconnect loop replays the journal",
+        ));
+    }
+    replay_chunk(wp, false).await
+}
+
+/// Replays one chunk of the pending calls (whole calls, in order, one transaction; the
+/// caller holds `recovering`). True when nothing is pending after it; then the journal is
+/// truncated and, with `end_outage`, the outage ends. With nothing pending and `end_outage`
+/// it probes the database first.
+async fn replay_chunk(wp: &Arc<WritePath>, end_outage: bool) -> Result<bool> {
+    let outage = &wp.outage;
+    // Bounded chunks of whole calls (each its own transaction, in order), so a long
+    // outage's backlog does not turn into one statement that never finishes within the
+    // statement timeout. A crash between chunks only replays the journal again from its
+    // start, which rewrites the same values in the same order.
+    let snapshot: Vec<PendingCall> = {
+        let mut st = outage.lock();
+        let mut keys = 0;
+        let snapshot: Vec<PendingCall> = st
+            .pending
+            .iter()
+            .take_while(|p| {
+                let first = keys == 0;
+                keys += p.1.weight();
+                first || keys <= MAX_BATCH_KEYS
+            })
+            .cloned()
+            .collect();
+        // Under the same lock: a call diverted between taking the snapshot and marking it
+        // as replaying could coalesce into (and empty, and remove) a snapshot call, so the
+        // drain below would drop a newer call that was never replayed.
+        st.replaying = snapshot.len();
+        snapshot
+    };
+    let mut fenced = commit::Fenced::new();
+    if snapshot.is_empty() {
+        if end_outage {
             // The one call helper bounds the probe and discards a connection that timed out.
             wp.db
                 .call("probe", async |client| sql::probe(client).await)
                 .await?;
-        } else {
-            let ops: Vec<(&Company, &Op)> = snapshot.iter().map(|p| (&*p.0, &p.1)).collect();
-            match commit::commit(wp, &ops).await {
-                Ok(f) => fenced = f,
-                Err(e) => {
-                    outage.lock().replaying = 0;
-                    return Err(e);
-                }
-            }
-            commit::apply_committed(wp, &ops, &fenced);
         }
-        let mut st = outage.lock();
-        st.pending.drain(..snapshot.len());
-        st.replaying = 0;
-        if !fenced.is_empty() {
-            // Another holder has the lease of these companies: what they kept during the
-            // outage (in this chunk or later) is never applied over it. It goes to the
-            // lost-writes file for the operator.
-            let mut lost: Vec<PendingCall> = snapshot
+    } else {
+        let ops: Vec<(&Company, &Op)> = snapshot.iter().map(|p| (&*p.0, &p.1)).collect();
+        let started = std::time::Instant::now();
+        let result = commit::commit(wp, &ops).await;
+        wp.metrics
+            .record_result("flush", started.elapsed(), &result);
+        match result {
+            Ok(f) => fenced = f,
+            Err(e) => {
+                outage.lock().replaying = 0;
+                return Err(e);
+            }
+        }
+        commit::apply_committed(wp, &ops, &fenced);
+    }
+    // The journal before the state (see `Outage::journal_lock`): no append comes in while the
+    // journal is truncated or rewritten below.
+    let mut j = outage.journal_lock();
+    let mut st = outage.lock();
+    st.pending.drain(..snapshot.len());
+    st.replaying = 0;
+    if !fenced.is_empty() {
+        // Another holder has the lease of these companies: what they kept (in this chunk or
+        // later) is never applied over it. It goes to the lost-writes file for the operator.
+        let mut lost: Vec<PendingCall> = snapshot
+            .iter()
+            .filter(|p| fenced.contains(&*p.0.id))
+            .cloned()
+            .collect();
+        st.pending.retain(|p| {
+            let gone = fenced.contains(&*p.0.id);
+            if gone {
+                lost.push(p.clone());
+            }
+            !gone
+        });
+        report_lost(wp, &lost);
+        if let (false, Some(j)) = (st.pending.is_empty(), j.as_deref_mut()) {
+            let ops: Vec<super::journal::Record> = st
+                .pending
                 .iter()
-                .filter(|p| fenced.contains(&*p.0.id))
-                .cloned()
+                .map(|p| (&*p.0.id, &p.1, p.0.journal_token()))
                 .collect();
-            st.pending.retain(|p| {
-                let gone = fenced.contains(&*p.0.id);
-                if gone {
-                    lost.push(p.clone());
-                }
-                !gone
-            });
-            report_lost(wp, &lost);
-            if !st.pending.is_empty() {
-                if let Some(j) = &outage.journal {
-                    let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
-                    let ops: Vec<super::journal::Record> = st
-                        .pending
-                        .iter()
-                        .map(|p| (&*p.0.id, &p.1, p.0.journal_token()))
-                        .collect();
-                    // On failure the next start replays them again and the lease refuses
-                    // them again: nothing is applied, the lost file gets them twice.
-                    if let Err(e) = j.rewrite(&ops) {
-                        tracing::warn!(error = %e, "could not drop lost calls from the journal");
-                    }
-                    outage.journal_bytes.store(j.bytes, Ordering::Relaxed);
-                }
+            // On failure the next start replays them again and the lease refuses them
+            // again: nothing is applied, the lost file gets them twice.
+            if let Err(e) = j.rewrite(&ops) {
+                tracing::warn!(error = %e, "could not drop lost calls from the journal");
             }
-        }
-        st.pending_bytes = st.pending.iter().map(|p| p.1.bytes()).sum();
-        st.overlay.clear();
-        st.cleared.clear();
-        let remaining = st.pending.clone();
-        for p in &remaining {
-            overlay_apply(&mut st, &p.0, &p.1);
-        }
-        if st.pending.is_empty() {
-            if let Some(j) = &outage.journal {
-                let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
-                if let Err(e) = j.truncate() {
-                    // Keep the outage open: the replayed calls are in PostgreSQL, and a stale
-                    // journal would be replayed again at the next start.
-                    return Err(Error::internal(format!(
-                        "could not truncate the journal {}: {e}",
-                        j.path.display()
-                    )));
-                }
-                outage.journal_bytes.store(0, Ordering::Relaxed);
-            }
-            if let Some((since, _)) = st.since.take() {
-                tracing::info!(
-                    replayed = snapshot.len(),
-                    outage_ms = since.elapsed().as_millis() as u64,
-                    "database back: outage over"
-                );
-            }
-            outage.has_overlay.store(false, Ordering::Release);
-            outage.down.store(false, Ordering::Release);
-            return Ok(());
+            outage.journal_bytes.store(j.bytes, Ordering::Relaxed);
         }
     }
+    st.pending_bytes = st.pending.iter().map(|p| p.1.bytes()).sum();
+    st.overlay.clear();
+    st.cleared.clear();
+    let remaining = st.pending.clone();
+    for p in &remaining {
+        overlay_apply(&mut st, &p.0, &p.1);
+    }
+    if !st.pending.is_empty() {
+        return Ok(false);
+    }
+    // Nothing pending, and nothing can become pending while the journal is held: truncate
+    // it without blocking reads on the state.
+    drop(st);
+    if let Some(j) = j.as_deref_mut() {
+        if let Err(e) = j.truncate() {
+            // Keep the outage open: the replayed calls are in PostgreSQL, and a stale
+            // journal would be replayed again at the next start.
+            return Err(Error::internal(format!(
+                "could not truncate the journal {}: {e}",
+                j.path.display()
+            )));
+        }
+        outage.journal_bytes.store(0, Ordering::Relaxed);
+    }
+    let mut st = outage.lock();
+    if !st.pending.is_empty() {
+        // Kept meanwhile by an outage without a journal: replay those too.
+        return Ok(false);
+    }
+    outage.has_overlay.store(false, Ordering::Release);
+    if end_outage {
+        if let Some((since, _)) = st.since.take() {
+            tracing::info!(
+                replayed = snapshot.len(),
+                outage_ms = since.elapsed().as_millis() as u64,
+                "database back: outage over"
+            );
+        }
+        outage.down.store(false, Ordering::Release);
+    }
+    Ok(true)
 }
 
 /// Background task: waits for an outage, then retries [`try_recover`] with backoff and jitter.
@@ -175,19 +212,34 @@ pub(crate) async fn reconnect_loop(wp: Weak<WritePath>) {
     }
 }
 
-/// At close: one attempt to write what is pending; reports what stays unwritten.
+/// At close: one attempt to write what is pending (the outage's replay, or the journal
+/// flush); reports what stays unwritten.
 pub(crate) async fn flush_on_close(wp: &Arc<WritePath>) -> CloseReport {
     let before = wp.outage.lock().pending.len();
     if before == 0 && !wp.outage.is_down() {
         return CloseReport::default();
     }
-    let _ = try_recover(wp).await;
+    if wp.outage.is_down() {
+        let _ = try_recover(wp).await;
+    } else {
+        loop {
+            match flush_chunk(wp).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    wp.on_error(&e);
+                    tracing::warn!(error = %e, "flushing the journal at close failed");
+                    break;
+                }
+            }
+        }
+    }
     let st = wp.outage.lock();
     let unflushed: Vec<Unflushed> = st
         .pending
         .iter()
         .map(|p| {
-            let (company, op) = &**p;
+            let (company, op, _) = &**p;
             let (kind, keys) = match op {
                 Op::Keys(w) => (
                     "keys",
