@@ -240,6 +240,95 @@ async fn journal_durability_without_a_journal_path_is_refused() {
     assert!(e.to_string().contains("journal"), "{e}");
 }
 
+/// The database stops under journal durability: writes go on being journaled and
+/// acknowledged (read back from memory) up to `max_pending_bytes`, then BACKLOG; once the
+/// server is back the reconnect loop replays them and the journal empties.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_keeps_journaling_up_to_the_bound_then_replays() {
+    let cluster = std::sync::Arc::new(
+        tokio::task::spawn_blocking(authstate::tempdb::TempCluster::start)
+            .await
+            .expect("join")
+            .expect("a throwaway PostgreSQL of this test"),
+    );
+    let url = cluster.url("postgres");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("j");
+    let mut cfg = config(&url, &journal);
+    cfg.connect_timeout = Duration::from_secs(1);
+    cfg.statement_timeout = Duration::from_secs(2);
+    cfg.max_pending_bytes = 6_000;
+    let store = Store::open(cfg).await.expect("open");
+    store.migrate().await.expect("migrate");
+    let s = store.session("acme").await.expect("session");
+    s.set(vec![put("before", serde_json::json!({ "n": 0 }))])
+        .await
+        .expect("set");
+
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.stop("fast"))
+        .await
+        .expect("join")
+        .expect("stop the server");
+    let pad = "p".repeat(200);
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for n in 0..200u64 {
+        match s
+            .set(vec![put(
+                &format!("k{n}"),
+                serde_json::json!({ "n": n, "pad": pad }),
+            )])
+            .await
+        {
+            Ok(()) => acked.push(n),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("the pending bound is reached");
+    assert_eq!(e.kind(), ErrorKind::Backlog, "{e}");
+    assert!(acked.len() >= 10, "{} acknowledged", acked.len());
+    // Acknowledged during the outage: read back from memory.
+    let last = format!("k{}", acked[acked.len() - 1]);
+    let got = s.get("pre-key", &[&last]).await.expect("from memory");
+    assert_eq!(got.len(), 1);
+    // The flusher met the outage: outage mode, the lag still there.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !store.metrics().outage.down {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("outage mode");
+    let o = store.metrics().outage;
+    assert!(o.pending_calls >= acked.len(), "{o:?}");
+
+    let c = cluster.clone();
+    tokio::task::spawn_blocking(move || c.start_server())
+        .await
+        .expect("join")
+        .expect("start the server");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let o = store.metrics().outage;
+            if !o.down && o.pending_calls == 0 && file_len(&journal) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("replayed once the server is back");
+    for n in &acked {
+        assert_eq!(db_n(&url, "acme", &format!("k{n}")).await, Some(*n));
+    }
+    drop(s);
+    store.close().await.expect("close");
+}
+
 /// Another host is refused while a journal may hold unflushed writes, even once the lease
 /// expired; the journal's own host takes it (replaying the journal); the operator's forced
 /// release lets the other host in and the old journal then goes to the lost-writes file.
