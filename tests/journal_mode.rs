@@ -428,11 +428,28 @@ async fn another_host_cannot_take_a_lease_whose_journal_holds_unflushed_writes()
     expire("beta").await;
     let e = b.session("beta").await.expect_err("refused");
     assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
-    let forced = authstate::ops::lease::force_release(&on("host-b", None), "beta")
+    // The operator's command: refused without --force, then done.
+    let cli = |force: bool| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_authstate"));
+        cmd.args(["lease", "release", "beta", "--json", "--database-url", &url]);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output()
+    };
+    let out = cli(false).await.expect("run authstate");
+    assert!(!out.status.success());
+    let out = cli(true).await.expect("run authstate");
+    assert!(out.status.success(), "{out:?}");
+    let forced: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(forced["journal_host"], "host-a", "{forced}");
+    assert_eq!(forced["holder_host"], "host-a", "{forced}");
+    // The library call it runs: a second release finds the lease free already.
+    let again = authstate::ops::lease::force_release(&on("host-b", None), "beta")
         .await
         .expect("force release")
         .expect("a lease row");
-    assert_eq!(forced.journal_host.as_deref(), Some("host-a"));
+    assert_eq!(again.journal_host, None);
     let sb = b
         .session("beta")
         .await
