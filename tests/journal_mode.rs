@@ -230,6 +230,55 @@ async fn the_flusher_commits_in_the_background_and_empties_the_journal() {
     store.close().await.expect("close");
 }
 
+/// Rewrites of a few keys while nothing is flushed: the journal is compacted to the live
+/// calls instead of growing, and a crash after that (the store dropped without close) still
+/// replays the last value of every key at the next open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_is_compacted_while_nothing_is_flushed_and_replays_after_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("j");
+    let j2 = journal.clone();
+    let (store, url) = common::store_with("jcompact", move |c| {
+        c.durability = Durability::Journal;
+        c.journal_path = Some(j2);
+        c.journal_flush_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let s = store.session("acme").await.expect("session");
+    let pad = "x".repeat(3000);
+    let mut appended = 0usize;
+    for n in 0..800u64 {
+        let v = serde_json::json!({ "n": n, "pad": pad });
+        appended += v.to_string().len();
+        s.set(vec![put(&format!("k{}", n % 5), v)])
+            .await
+            .expect("set");
+    }
+    assert!(appended > 2_000_000);
+    let len = file_len(&journal);
+    assert!(
+        len < 1_100_000,
+        "{appended} bytes appended, the journal holds {len}"
+    );
+    assert_eq!(store.metrics().outage.journal_bytes, len);
+    assert_eq!(store.metrics().outage.pending_calls, 5);
+    assert_eq!(db_keys(&url, "acme").await, 0, "nothing flushed");
+    drop(s);
+    drop(store);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut cfg = Config::from_url(&url).expect("config");
+    cfg.durability = Durability::Journal;
+    cfg.journal_path = Some(journal.clone());
+    // The dropped store's lease is still live: the journal's token takes it over.
+    let store = Store::open(cfg).await.expect("reopen");
+    for k in 0..5u64 {
+        assert_eq!(db_n(&url, "acme", &format!("k{k}")).await, Some(795 + k));
+    }
+    store.close().await.expect("close");
+    assert_eq!(file_len(&journal), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journal_durability_without_a_journal_path_is_refused() {
     let url = common::fresh_database("jnopath").await;
