@@ -67,8 +67,9 @@ pub struct LeaseStatus {
     pub pending: usize,
     /// Companies whose lease this store lost since it opened (taken over by another holder).
     pub lost: u64,
-    /// Writes acknowledged during an outage that were not applied because the lease was lost
-    /// meanwhile; they are in `lost_writes_file`.
+    /// Acknowledged writes (kept during an outage, or in journal durability) that were not
+    /// applied because the lease was lost meanwhile, or because PostgreSQL refused them for
+    /// their data at the replay; they are in `lost_writes_file`.
     pub lost_calls: u64,
     /// Where such writes were written for the operator.
     pub lost_writes_file: Option<String>,

@@ -286,6 +286,56 @@ async fn the_journal_is_compacted_while_nothing_is_flushed_and_replays_after_a_c
     assert_eq!(file_len(&journal), 0);
 }
 
+/// An acknowledged call PostgreSQL refuses for its data (here a trigger raising a data
+/// exception for one key) does not block the journal: the chunk is replayed call by call, the
+/// refused call goes to the lost-writes file, every other call lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_postgres_refuses_goes_to_the_lost_file_and_the_others_land() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("j");
+    let lost = dir.path().join("lost.jsonl");
+    let (j2, l2) = (journal.clone(), lost.clone());
+    let (store, url) = common::store_with("jpoison", move |c| {
+        c.durability = Durability::Journal;
+        c.journal_path = Some(j2);
+        c.lost_writes_path = Some(l2);
+        c.journal_flush_interval = Duration::from_secs(3600);
+    })
+    .await;
+    common::sql(&url)
+        .await
+        .batch_execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.key_id = 'poison' THEN \
+               RAISE EXCEPTION 'poison refused' USING ERRCODE = '22023'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_poison BEFORE INSERT OR UPDATE ON whatsapp_keys \
+             FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+        )
+        .await
+        .expect("trigger");
+    let s = store.session("acme").await.expect("session");
+    for (id, n) in [("a", 1), ("poison", 2), ("b", 3), ("a", 4)] {
+        s.set(vec![put(id, serde_json::json!({ "n": n }))])
+            .await
+            .expect("acknowledged");
+    }
+    drop(s);
+    let report = store.close().await.expect("close");
+    assert!(report.unflushed.is_empty(), "{report:?}");
+    assert_eq!(file_len(&journal), 0);
+    assert_eq!(db_n(&url, "acme", "a").await, Some(4));
+    assert_eq!(db_n(&url, "acme", "b").await, Some(3));
+    assert_eq!(db_n(&url, "acme", "poison").await, None);
+    let text = std::fs::read_to_string(&lost).expect("lost file");
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains("poison") && text.contains("refused"),
+        "{text}"
+    );
+    assert_eq!(store.metrics().leases.lost_calls, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journal_durability_without_a_journal_path_is_refused() {
     let url = common::fresh_database("jnopath").await;

@@ -54,13 +54,14 @@ async fn replay_chunk(wp: &Arc<WritePath>, end_outage: bool) -> Result<bool> {
     let snapshot: Vec<PendingCall> = {
         let mut st = outage.lock();
         let mut keys = 0;
+        let one_by_one = st.isolate > 0;
         let snapshot: Vec<PendingCall> = st
             .pending
             .iter()
             .take_while(|p| {
                 let first = keys == 0;
                 keys += p.1.weight();
-                first || keys <= MAX_BATCH_KEYS
+                first || (!one_by_one && keys <= MAX_BATCH_KEYS)
             })
             .cloned()
             .collect();
@@ -85,13 +86,34 @@ async fn replay_chunk(wp: &Arc<WritePath>, end_outage: bool) -> Result<bool> {
         wp.metrics
             .record_result("flush", started.elapsed(), &result);
         match result {
-            Ok(f) => fenced = f,
+            Ok(f) => {
+                fenced = f;
+                commit::apply_committed(wp, &ops, &fenced);
+            }
+            Err(e) if refused_for_its_data(&e) && snapshot.len() > 1 => {
+                // One of these acknowledged calls is refused by PostgreSQL (it cannot be
+                // retried into success): replay them one by one to find it.
+                tracing::warn!(error = %e, calls = snapshot.len(),
+                    "a replayed chunk was refused for its data; replaying its calls one by one");
+                let mut st = outage.lock();
+                st.replaying = 0;
+                st.isolate = snapshot.len();
+                return Ok(false);
+            }
+            Err(e) if refused_for_its_data(&e) => {
+                // This call alone is refused: it never will be applied. It goes to the
+                // lost-writes file for the operator instead of blocking every later write.
+                report_lost(
+                    wp,
+                    &snapshot,
+                    &format!("PostgreSQL refused this acknowledged call: {e}"),
+                );
+            }
             Err(e) => {
                 outage.lock().replaying = 0;
                 return Err(e);
             }
         }
-        commit::apply_committed(wp, &ops, &fenced);
     }
     // The journal before the state (see `Outage::journal_lock`): no append comes in while the
     // journal is truncated or rewritten below.
@@ -99,6 +121,7 @@ async fn replay_chunk(wp: &Arc<WritePath>, end_outage: bool) -> Result<bool> {
     let mut st = outage.lock();
     st.pending.drain(..snapshot.len());
     st.replaying = 0;
+    st.isolate = st.isolate.saturating_sub(snapshot.len());
     if !fenced.is_empty() {
         // Another holder has the lease of these companies: what they kept (in this chunk or
         // later) is never applied over it. It goes to the lost-writes file for the operator.
@@ -114,7 +137,15 @@ async fn replay_chunk(wp: &Arc<WritePath>, end_outage: bool) -> Result<bool> {
             }
             !gone
         });
-        report_lost(wp, &lost);
+        let mut companies: Vec<&str> = lost.iter().map(|p| &*p.0.id).collect();
+        companies.sort_unstable();
+        companies.dedup();
+        let why = format!(
+            "the lease of {} was taken by another holder before these writes reached the \
+             database",
+            companies.join(", ")
+        );
+        report_lost(wp, &lost, &why);
         if let (false, Some(j)) = (st.pending.is_empty(), j.as_deref_mut()) {
             let ops: Vec<super::journal::Record> = st
                 .pending
@@ -263,27 +294,31 @@ pub(crate) async fn flush_on_close(wp: &Arc<WritePath>) -> CloseReport {
     }
 }
 
-/// Writes acknowledged calls whose lease was lost to the lost-writes file and counts them.
-fn report_lost(wp: &WritePath, lost: &[PendingCall]) {
+/// Whether PostgreSQL refused `e`'s statement for the data in it (data exception, integrity
+/// constraint, program limit such as a row too large): trying it again cannot succeed.
+/// Anything else (connectivity, timeouts, resources, serialization) may succeed later.
+fn refused_for_its_data(e: &Error) -> bool {
+    matches!(
+        e.sqlstate().and_then(|s| s.get(..2)),
+        Some("22" | "23" | "54")
+    )
+}
+
+/// Writes acknowledged calls that will never be applied (their lease was lost, or PostgreSQL
+/// refused them) to the lost-writes file, and counts them.
+fn report_lost(wp: &WritePath, lost: &[PendingCall], why: &str) {
     if lost.is_empty() {
         return;
     }
-    let mut companies: Vec<&str> = lost.iter().map(|p| &*p.0.id).collect();
-    companies.sort_unstable();
-    companies.dedup();
-    let why = format!(
-        "the lease of {} was taken by another holder while the database was away",
-        companies.join(", ")
-    );
-    match wp.outage.write_lost(lost, &why) {
+    match wp.outage.write_lost(lost, why) {
         Ok(path) => {
             tracing::error!(calls = lost.len(), file = %path, reason = %why,
-                "writes kept during the outage were NOT applied; they are in the lost-writes file");
+                "acknowledged writes were NOT applied; they are in the lost-writes file");
             wp.leases.count_lost_calls(lost.len(), Some(path));
         }
         Err(e) => {
             tracing::error!(calls = lost.len(), error = %e, reason = %why,
-                "writes kept during the outage were NOT applied and could not be written to the lost-writes file");
+                "acknowledged writes were NOT applied and could not be written to the lost-writes file");
             wp.leases.count_lost_calls(lost.len(), None);
         }
     }
