@@ -10,6 +10,9 @@
 //! then goes back "up". On start, a journal left by a crashed process is loaded as pending
 //! writes and replayed before anything else.
 //!
+//! Journal durability ([`crate::Durability::Journal`]) uses the same pieces all the time: every
+//! call is kept here through the journal ([`Outage::keep`]) and flushed by the same replay.
+//!
 //! Split by concern: [`pending`] (the log and its read overlay), [`journal`] (the file),
 //! [`recovery`] (reconnect and replay), [`report`] (what it shows).
 

@@ -1,5 +1,6 @@
 //! Leaving an outage: reconnect with backoff, replay what is pending in order, and the last
-//! flush at close.
+//! flush at close. Journal durability's flusher commits the pending log with the same replay
+//! ([`flush_chunk`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
