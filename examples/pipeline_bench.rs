@@ -6,7 +6,13 @@
 //! ```text
 //! cargo run --release --example pipeline_bench                  # loopback (no delay)
 //! cargo run --release --example pipeline_bench -- --delay-ms 10 # 20 ms round trip
+//! cargo run --release --example pipeline_bench -- --journal      # plus journal durability
 //! ```
+//!
+//! With `--journal` a last row runs the same load in journal durability (a `set` resolves
+//! once fsynced to a journal in a temp dir; the flusher commits in the background): its sets/s
+//! are acknowledgements, its statements and PostgreSQL CPU are counted after `close()` has
+//! flushed everything.
 //!
 //! Starts a throwaway cluster (`authstate::tempdb`). Figures on a busy machine are noisy:
 //! compare the rows of one run.
@@ -15,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use authstate::delay_proxy::DelayProxy;
 use authstate::tempdb::TempCluster;
-use authstate::{Config, KeyWrite, Store, StoredValue};
+use authstate::{Config, Durability, KeyWrite, Store, StoredValue};
 
 const COMPANIES: usize = 50;
 const SETS_EACH: usize = 40;
@@ -25,17 +31,20 @@ const SETTINGS: [(usize, bool); 4] = [(1, false), (2, false), (8, false), (8, tr
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut delay_ms = 0u64;
     let mut rounds = 2usize;
+    let mut journal = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--delay-ms" => delay_ms = args.next().ok_or("--delay-ms N")?.parse()?,
             "--rounds" => rounds = args.next().ok_or("--rounds N")?.parse()?,
+            "--journal" => journal = true,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
     let cluster = TempCluster::start()?;
     cluster.create_database("pipebench")?;
     let pm = cluster.postmaster_pid().ok_or("no postmaster pid")?;
+    let dir = tempfile::tempdir()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let proxy = DelayProxy::start(
@@ -53,13 +62,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{COMPANIES} companies x {SETS_EACH} sequential sets, {} ms round trip",
             2 * delay_ms
         );
-        println!("| depth | pacing | statements | sets/statement | sets/s | PG CPU ms |");
-        println!("|---|---|---|---|---|---|");
+        println!(
+            "| durability | depth | pacing | statements | sets/statement | sets/s | PG CPU ms |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        let mut settings: Vec<(usize, bool, Durability)> = SETTINGS
+            .iter()
+            .map(|&(d, p)| (d, p, Durability::Commit))
+            .collect();
+        if journal {
+            settings.push((8, true, Durability::Journal));
+        }
         for round in 0..rounds {
-            for (depth, pacing) in SETTINGS {
+            for &(depth, pacing, durability) in &settings {
                 let mut cfg = Config::from_url(&url)?;
                 cfg.pipeline_depth = depth;
                 cfg.pipeline_pacing = pacing;
+                cfg.durability = durability;
+                cfg.journal_path = Some(dir.path().join(format!("bench-{round}.journal")));
                 let store = Store::open(cfg).await?;
                 store.migrate().await?;
                 let mut sessions = Vec::new();
@@ -88,11 +108,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     t.await??;
                 }
                 let secs = started.elapsed().as_secs_f64();
+                if durability == Durability::Journal {
+                    // Count the flush too: it is the work PostgreSQL does for these sets.
+                    store.close().await?;
+                }
                 let cpu = pg_cpu_ticks(pm).saturating_sub(cpu0);
                 let statements = proxy.stats().requests - before;
                 let sets = (COMPANIES * SETS_EACH) as f64;
                 println!(
-                    "| {depth} | {pacing} | {statements} | {:.1} | {:.0} | {} |",
+                    "| {durability:?} | {depth} | {pacing} | {statements} | {:.1} | {:.0} | {} |",
                     sets / statements.max(1) as f64,
                     sets / secs,
                     cpu * 1000 / clock_ticks()

@@ -165,6 +165,29 @@ authstate_status authstate_store_open_ex(const char *url_or_null,
                                          authstate_store **out);
 
 /**
+ * `authstate_store_open_ex` in journal durability (see the README's "Durability modes"): a
+ * write returns once it is fsynced to the journal file `journal_path`, and a background
+ * flusher commits the journal to PostgreSQL in order, coalescing rewrites of a key. The
+ * journal is replayed at the next open, so a process killed at any point loses no write that
+ * returned `AUTHSTATE_OK`; writes not yet flushed are lost if the host (its disk) is lost.
+ * `authstate_store_close` flushes. `flags` as `authstate_store_open_ex`.
+ *
+ * Returns `AUTHSTATE_INVALID` for a NULL or non-UTF-8 `journal_path`, else as
+ * `authstate_store_open_ex`.
+ *
+ * Ownership: `url_or_null` and `journal_path` are borrowed for the call; `*out` as
+ * `authstate_store_open`.
+ *
+ * # Safety
+ *
+ * As `authstate_store_open`; `journal_path` is NULL or a NUL-terminated string.
+ */
+authstate_status authstate_store_open_journal(const char *url_or_null,
+                                              uint32_t flags,
+                                              const char *journal_path,
+                                              authstate_store **out);
+
+/**
  * Brings the database schema up to date (applies pending migrations in order, under an
  * advisory lock, so concurrent callers are safe). Adopts existing tables.
  *

@@ -58,8 +58,17 @@ export interface OpenStoreOptions {
   cacheMaxBytes?: number
   /** What writes do while PostgreSQL is unreachable (default 'buffer'). */
   outagePolicy?: 'buffer' | 'read-only'
-  /** Append-only journal for writes accepted during an outage. */
+  /** Append-only journal for writes accepted during an outage (and every write with durability 'journal'). */
   journalPath?: string
+  /**
+   * When a write resolves (default 'commit'): 'commit' once committed in PostgreSQL; 'journal'
+   * once fsynced to `journalPath` (required), a background flusher then commits to PostgreSQL,
+   * coalescing rewrites of a key. For a service that restarts on the same host: the journal is
+   * replayed at the next open; writes not yet flushed are lost if the host (its disk) is lost.
+   */
+  durability?: 'commit' | 'journal'
+  /** durability 'journal': how long the flusher lets writes gather before a commit (default 10). */
+  journalFlushIntervalMs?: number
   /** Bound on writes kept during an outage, bytes (default 64 MiB). */
   maxPendingBytes?: number
   sslMode?: 'disable' | 'prefer' | 'require' | 'verify-ca' | 'verify-full'
@@ -75,6 +84,11 @@ export interface OpenStoreOptions {
   leaseHeartbeatMs?: number
   /** Where outage writes that lost their lease are written (default `<journalPath>.lost`). */
   lostWritesPath?: string
+  /**
+   * Host name written into lease rows (default the machine's). With durability 'journal' only a
+   * store with the same host name may take over a lease whose journal may hold unflushed writes.
+   */
+  leaseHost?: string
 }
 
 export interface MigrationReport {

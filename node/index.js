@@ -13,7 +13,8 @@
  *   EAUTHSTATE_TIMEOUT      a connect or statement timeout expired
  *   EAUTHSTATE_READ_ONLY    outage under the 'read-only' policy: writes are refused
  *   EAUTHSTATE_INTERNAL     a bug or environment failure (journal I/O, a caught panic)
- *   EAUTHSTATE_BACKLOG      outage: the pending-write bound (maxPendingBytes) is reached
+ *   EAUTHSTATE_BACKLOG      writes not yet in PostgreSQL (an outage, or the lag of durability
+ *                           'journal') reached maxPendingBytes
  *   EAUTHSTATE_LOCKED       another holder owns the resource (a lease, a migration)
  *   EAUTHSTATE_MIGRATION    a migration is missing, edited, unknown to this version, or failed
  *   EAUTHSTATE_DATABASE     PostgreSQL refused the statement, or a stored row has a bad shape

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The normal store tests (tests/store.rs) and the lease tests (tests/lease.rs: two and three real
+# The normal store tests (tests/store.rs), the lease tests (tests/lease.rs: two and three real
 # processes, SIGKILL/SIGSTOP takeovers, fencing; node/test/lease.test.js and
-# takeover-baileys.test.js: the same with Node processes and real Baileys traffic) once more, through pgbouncer in transaction
+# takeover-baileys.test.js: the same with Node processes and real Baileys traffic) and the journal
+# durability tests (tests/journal_mode.rs: SIGKILLs under traffic, the lease refused to another
+# host) once more, through pgbouncer in transaction
 # pooling mode in front of a throwaway cluster: statements, timeouts, the lease rows and CREATE
 # DATABASE (each test creates its own database on DATABASE_URL's server) all go through the
 # pooler, which hands each transaction to any server connection (so nothing may rely on session
@@ -79,7 +81,7 @@ echo "pgbouncer $("$pgbouncer_bin" --version | head -1) on 127.0.0.1:$port (tran
 # The store goes through pgbouncer; the tests' own checks read PostgreSQL directly.
 DATABASE_URL="host=127.0.0.1 port=$port user=postgres dbname=postgres" \
 AUTHSTATE_TEST_DIRECT=$port:$pg_port \
-  cargo test -p authstate --locked --test store --test lease
+  cargo test -p authstate --locked --test store --test lease --test journal_mode
 
 # The Node lease tests too (a second Node process refused and fenced; three processes running
 # real Baileys traffic, one SIGKILLed and taken over): the addon is built as scripts/test-node.sh

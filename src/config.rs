@@ -72,6 +72,34 @@ impl FromStr for OutagePolicy {
     }
 }
 
+/// When a write counts as saved (see the README's "Durability modes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// A write resolves once it is committed in PostgreSQL (or, during an outage, kept by the
+    /// outage policy). Nothing is lost if the host is lost.
+    #[default]
+    Commit,
+    /// A write resolves once it is fsynced to the local journal ([`Config::journal_path`],
+    /// required); a background flusher commits the journal to PostgreSQL in order, repeated
+    /// writes of a key coalesced (last value wins). For a service that restarts on the same
+    /// host: the journal is replayed at the next open. Writes not yet flushed are lost if the
+    /// host (its disk) is lost.
+    Journal,
+}
+
+impl FromStr for Durability {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "commit" => Ok(Durability::Commit),
+            "journal" => Ok(Durability::Journal),
+            other => Err(Error::invalid(format!(
+                "durability must be commit or journal, got {other:?}"
+            ))),
+        }
+    }
+}
+
 /// Time to live per key type: every write sets `expires_at = now() + ttl(type)`, rounded up to
 /// a step of 1/128 of the TTL (at most an hour), so that rewrites within a step leave the
 /// expiry index alone (HOT updates).
@@ -224,8 +252,15 @@ pub struct Config {
     pub pipeline_pacing: bool,
     /// What writes do during an outage.
     pub outage_policy: OutagePolicy,
-    /// Append-only journal for writes accepted during an outage; replayed on start.
+    /// Append-only journal for writes accepted during an outage (and every write in
+    /// [`Durability::Journal`], which requires it); replayed on start.
     pub journal_path: Option<PathBuf>,
+    /// When a write resolves: committed in PostgreSQL (default) or fsynced to the journal.
+    pub durability: Durability,
+    /// Journal durability: how long the flusher lets writes gather before it commits the
+    /// next batch. Longer coalesces more rewrites of a key into one (less PostgreSQL work) and
+    /// keeps more in the journal (the lag). Default 10 ms.
+    pub journal_flush_interval: Duration,
     /// Bound on writes kept during an outage (bytes of value text).
     pub max_pending_bytes: usize,
     /// Run the operator cleanup (`authstate cleanup`) (default types and batch) in-process this often; `None`
@@ -248,6 +283,12 @@ pub struct Config {
     /// because another holder took the lease over meanwhile. Default: next to the journal
     /// (`<journal>.lost`), else `authstate-lost-<pid>.jsonl` in the temp directory.
     pub lost_writes_path: Option<PathBuf>,
+    /// The host name written into lease rows (default: the machine's host name). In journal
+    /// durability a lease row records the host whose journal may hold unflushed writes, and
+    /// only a store with the same host name may take it over: set this to a stable name when
+    /// the journal's disk outlives the machine's host name (a container whose volume is
+    /// reattached to its replacement).
+    pub lease_host: Option<String>,
 }
 
 impl fmt::Debug for Config {
@@ -267,6 +308,8 @@ impl fmt::Debug for Config {
             .field("pipeline_pacing", &self.pipeline_pacing)
             .field("outage_policy", &self.outage_policy)
             .field("journal_path", &self.journal_path)
+            .field("durability", &self.durability)
+            .field("journal_flush_interval", &self.journal_flush_interval)
             .field("max_pending_bytes", &self.max_pending_bytes)
             .field("cleanup_every", &self.cleanup_every)
             .field("health", &self.health)
@@ -274,6 +317,7 @@ impl fmt::Debug for Config {
             .field("lease_expiry", &self.lease_expiry)
             .field("lease_heartbeat", &self.lease_heartbeat)
             .field("lost_writes_path", &self.lost_writes_path)
+            .field("lease_host", &self.lease_host)
             .finish_non_exhaustive()
     }
 }
@@ -297,6 +341,8 @@ impl Config {
             pipeline_pacing: true,
             outage_policy: OutagePolicy::Buffer,
             journal_path: None,
+            durability: Durability::Commit,
+            journal_flush_interval: Duration::from_millis(10),
             max_pending_bytes: 64 * 1024 * 1024,
             cleanup_every: None,
             health: HealthConfig::default(),
@@ -304,6 +350,7 @@ impl Config {
             lease_expiry: Duration::from_secs(30),
             lease_heartbeat: Duration::from_secs(10),
             lost_writes_path: None,
+            lease_host: None,
         }
     }
 

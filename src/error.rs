@@ -27,7 +27,8 @@ pub enum ErrorKind {
     Timeout,
     /// The store is in an outage under the `read-only` policy and refuses writes.
     ReadOnly,
-    /// The pending-write log of an outage reached its configured bound.
+    /// The writes not yet in PostgreSQL (kept during an outage, or journal durability's lag)
+    /// reached their configured bound (`max_pending_bytes`).
     Backlog,
     /// Another holder owns the resource (a company lease, a concurrent migration).
     Locked,

@@ -31,6 +31,9 @@ use crate::metrics::Metrics;
 /// The lease side of a store: who we are, the timings, and what happened.
 pub(crate) struct Leases {
     enabled: bool,
+    /// Journal durability: our leases carry our host as the one whose journal may hold
+    /// unflushed writes (see migration 0006).
+    journaled: bool,
     me: Identity,
     expiry: Duration,
     heartbeat: Duration,
@@ -64,8 +67,9 @@ pub struct LeaseStatus {
     pub pending: usize,
     /// Companies whose lease this store lost since it opened (taken over by another holder).
     pub lost: u64,
-    /// Writes acknowledged during an outage that were not applied because the lease was lost
-    /// meanwhile; they are in `lost_writes_file`.
+    /// Acknowledged writes (kept during an outage, or in journal durability) that were not
+    /// applied because the lease was lost meanwhile, or because PostgreSQL refused them for
+    /// their data at the replay; they are in `lost_writes_file`.
     pub lost_calls: u64,
     /// Where such writes were written for the operator.
     pub lost_writes_file: Option<String>,
@@ -79,7 +83,10 @@ pub struct LeaseStatus {
 
 impl Leases {
     pub(crate) fn new(config: &Config) -> Leases {
-        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        let host = match &config.lease_host {
+            Some(h) if !h.trim().is_empty() => h.clone(),
+            _ => gethostname::gethostname().to_string_lossy().into_owned(),
+        };
         let instance: String = {
             let mut rng = rand::thread_rng();
             (0..12)
@@ -88,6 +95,7 @@ impl Leases {
         };
         Leases {
             enabled: config.lease,
+            journaled: config.durability == crate::config::Durability::Journal,
             me: Identity {
                 host: if host.is_empty() {
                     "unknown".into()
@@ -140,9 +148,10 @@ impl Leases {
         let started = Instant::now();
         let id = &*company.id;
         let expiry = self.expiry.as_secs_f64();
+        let journal_host = self.journaled.then_some(self.me.host.as_str());
         let result = db
             .call("acquire lease", async |c| {
-                lease_sql::acquire(&***c, &self.me, id, expiry, inherited).await
+                lease_sql::acquire(&***c, &self.me, id, expiry, inherited, journal_host).await
             })
             .await;
         metrics.record("lease_acquire", started.elapsed(), result.is_ok());
@@ -162,7 +171,18 @@ impl Leases {
                     .unwrap_or_default()
             ))),
             (None, None) => Err(Error::locked(match &got.previous {
-                Some(h) => format!("company {id} is held by another store: {}", describe(h)),
+                Some(h) => match &h.journal_host {
+                    Some(jh) if *jh != self.me.host => format!(
+                        "company {id} is held by another store: {}; its journal on host {jh} \
+                         may hold writes not yet in PostgreSQL (journal durability), so only a \
+                         store on host {jh} may take it over, even after the lease expired (it \
+                         replays the journal first). If host {jh} is lost for good, release it \
+                         by force, giving those writes up: `authstate lease release --force \
+                         {id}`",
+                        describe(h)
+                    ),
+                    _ => format!("company {id} is held by another store: {}", describe(h)),
+                },
                 None => format!("company {id} is held by another store; try again"),
             })),
         }

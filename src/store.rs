@@ -119,6 +119,7 @@ impl Inner {
                 down_for_ms: m.outage.down_for_ms,
                 pending_calls: m.outage.pending_calls,
                 pending_bytes: m.outage.pending_bytes,
+                oldest_pending_ms: m.outage.oldest_pending_ms,
                 journal_bytes: m.outage.journal_bytes,
                 outages: m.outage.outages,
             },
@@ -343,7 +344,7 @@ impl Store {
             Err(e) if had_journal && e.is_unavailable() => wp.outage.enter(&e),
             Err(e) => return Err(e),
         }
-        wp.start(lanes);
+        wp.start(lanes)?;
         let mut tasks = Vec::new();
         if let Some(idle) = config.idle_timeout {
             tasks.push(tokio::spawn(reap_idle(Arc::downgrade(&db), idle)));

@@ -20,6 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "authstate.h"
 
@@ -680,6 +682,50 @@ static void test_use_after_store_close(void) {
     authstate_session_close(se);
 }
 
+/* Journal durability: a set returns once fsynced to the journal, reads see it, close flushes
+ * it to PostgreSQL and empties the journal; a NULL journal path is refused. */
+static void test_journal(void) {
+    authstate_store *st = SENTINEL;
+    EXPECT(authstate_store_open_journal(test_url, 0, NULL, &st), AUTHSTATE_INVALID);
+    CHECK(st == SENTINEL, "out untouched");
+    char path[] = "/tmp/authstate-c-journal-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0, "mkstemp");
+    if (fd < 0)
+        return;
+    close(fd);
+    st = NULL;
+    EXPECT(authstate_store_open_journal(test_url, 0, path, &st), AUTHSTATE_OK);
+    authstate_session *se = NULL;
+    if (st)
+        EXPECT(authstate_session_open(st, "c-journal", &se), AUTHSTATE_OK);
+    if (se) {
+        EXPECT(authstate_keys_set(se, "{\"pre-key\":{\"1\":{\"v\":1}}}"), AUTHSTATE_OK);
+        EXPECT(authstate_keys_set(se, "{\"pre-key\":{\"1\":{\"v\":2}}}"), AUTHSTATE_OK);
+        char *got = get_one(se, "pre-key", "1");
+        CHECK_STR(got, "{\"1\":{\"v\":2}}");
+        authstate_string_free(got);
+    }
+    authstate_session_close(se);
+    authstate_store_close(st);
+    struct stat sb;
+    CHECK(stat(path, &sb) == 0 && sb.st_size == 0, "close flushed and emptied the journal");
+    unlink(path);
+    /* In PostgreSQL: read back by a commit-durability store. */
+    st = NULL;
+    se = NULL;
+    EXPECT(authstate_store_open_ex(test_url, AUTHSTATE_OPEN_NO_LEASE, &st), AUTHSTATE_OK);
+    if (st)
+        EXPECT(authstate_session_open(st, "c-journal", &se), AUTHSTATE_OK);
+    if (se) {
+        char *got = get_one(se, "pre-key", "1");
+        CHECK_STR(got, "{\"1\":{\"v\":2}}");
+        authstate_string_free(got);
+    }
+    authstate_session_close(se);
+    authstate_store_close(st);
+}
+
 /* Health report, alerts and Prometheus text: 150 expired rows inserted by SQL make the
  * expired_keys check a warning, which raises an alert that the poll function hands out once. */
 static void test_health(authstate_store *st) {
@@ -769,6 +815,7 @@ int main(void) {
     authstate_store_close(st);
     CHECK(authstate_last_error(NULL, 0) == 0, "close flushed everything: %s", last_error_text());
     test_use_after_store_close();
+    test_journal();
 
     int f = atomic_load(&failures), c = atomic_load(&checks);
     printf("%s: %d checks, %d failed\n", f ? "FAILED" : "ok", c, f);

@@ -5,6 +5,7 @@ mod copy;
 mod demo;
 mod health;
 mod keys;
+mod lease;
 mod tempdb;
 mod transfer;
 
@@ -53,6 +54,8 @@ enum Command {
     Keys(keys::Args),
     /// Delete all state (creds and keys) of one company.
     Remove(keys::RemoveArgs),
+    /// Operator actions on company leases (`lease release --force COMPANY`).
+    Lease(lease::Args),
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -82,6 +85,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cleanup(args) => rt.block_on(cleanup::run(config(url)?, args)),
         Command::Keys(args) => rt.block_on(keys::run(config(url)?, args)),
         Command::Remove(args) => rt.block_on(keys::remove(config(url)?, args)),
+        Command::Lease(args) => rt.block_on(lease::run(config(url)?, args)),
         Command::Health(args) => {
             Ok(rt.block_on(health::run(config(cli.database_url.as_deref()), args)))
         }

@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "storage",
         sql: include_str!("../../migrations/0005_storage.sql"),
     },
+    Migration {
+        version: 6,
+        name: "lease_journal_host",
+        sql: include_str!("../../migrations/0006_lease_journal_host.sql"),
+    },
 ];
 
 /// Advisory lock key: "authstate" as a number, so other tools' locks do not collide.

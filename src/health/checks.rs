@@ -280,7 +280,11 @@ pub fn expired_keys(
     )
 }
 
-/// Outage mode and writes pending replay.
+/// In journal durability, the age of the oldest write not yet in PostgreSQL above which the
+/// outage check warns (the flusher normally keeps it within a few flush intervals).
+pub const JOURNAL_LAG_WARNING: Duration = Duration::from_secs(60);
+
+/// Outage mode and writes pending replay (or, in journal durability, the journal lag).
 pub fn outage(o: &OutageStatus) -> Check {
     let pending = format!(
         "{} call(s) ({} bytes) pending, journal {} bytes",
@@ -304,6 +308,26 @@ pub fn outage(o: &OutageStatus) -> Check {
                  (max_pending_bytes) is reached; do not delete the journal."
             },
         )
+    } else if o.durability == "journal" {
+        let lag = format!(
+            "journal durability, lag: {} call(s) ({} bytes) not yet in PostgreSQL, oldest {}, \
+             journal {} bytes",
+            o.pending_calls,
+            o.pending_bytes,
+            fmt_duration(Duration::from_millis(o.oldest_pending_ms)),
+            o.journal_bytes
+        );
+        if o.oldest_pending_ms > JOURNAL_LAG_WARNING.as_millis() as u64 {
+            (
+                Status::Warning,
+                format!("database up, flusher behind: {lag}"),
+                "The journal flusher is not keeping up with the writes (or its commits fail: \
+                 see the errors in the log). Acknowledged writes are safe in the journal on \
+                 this host; they reach PostgreSQL when it catches up.",
+            )
+        } else {
+            (Status::Healthy, format!("database up; {lag}"), "")
+        }
     } else if o.pending_calls > 0 {
         (
             Status::Warning,
@@ -328,7 +352,9 @@ pub fn outage(o: &OutageStatus) -> Check {
             "down_for_ms": o.down_for_ms,
             "pending_calls": o.pending_calls,
             "pending_bytes": o.pending_bytes,
+            "oldest_pending_ms": o.oldest_pending_ms,
             "journal_bytes": o.journal_bytes,
+            "durability": o.durability,
             "outages": o.outages,
             "policy": o.policy,
         }),

@@ -51,6 +51,9 @@ pub struct OutageSummary {
     pub pending_calls: usize,
     /// Bytes of value text kept.
     pub pending_bytes: usize,
+    /// Age of the oldest call not yet in PostgreSQL, milliseconds.
+    #[serde(default)]
+    pub oldest_pending_ms: u64,
     /// Size of the journal file.
     pub journal_bytes: u64,
     /// Outages since the store opened.

@@ -184,22 +184,30 @@ impl Collector for Snapshot {
         )?;
         gauge(
             e,
+            "authstate_pending_oldest_age",
+            "Age of the oldest acknowledged write not yet in PostgreSQL (outage, or journal lag).",
+            Some(Unit::Seconds),
+            o.oldest_pending_ms as f64 / 1e3,
+        )?;
+        gauge(
+            e,
             "authstate_pending_calls",
-            "Write calls kept during an outage, not yet replayed.",
+            "Acknowledged write calls not yet in PostgreSQL (kept during an outage, or the \
+             journal lag in journal durability).",
             None,
             o.pending_calls as f64,
         )?;
         gauge(
             e,
             "authstate_pending",
-            "Bytes of writes kept during an outage.",
+            "Bytes of acknowledged writes not yet in PostgreSQL.",
             Some(Unit::Bytes),
             o.pending_bytes as f64,
         )?;
         gauge(
             e,
             "authstate_journal",
-            "Size of the outage journal file.",
+            "Size of the journal file.",
             Some(Unit::Bytes),
             o.journal_bytes as f64,
         )?;

@@ -1,6 +1,7 @@
 //! Operator tools: the emergency export to Baileys' own folder format and the import back,
 //! copying accounts between databases, type-aware cleanup of expired keys, single-key
-//! inspection, per-company statistics, and Baileys' `list`/`listIds` enumeration.
+//! inspection, per-company statistics, Baileys' `list`/`listIds` enumeration, and the forced
+//! release of a lease.
 //!
 //! Each tool opens its own connection from a [`Config`](crate::Config) (TLS as configured),
 //! so it runs next to live services without touching their pools. Every SQL statement is in
@@ -12,6 +13,7 @@ pub mod export;
 pub mod files;
 pub mod import;
 pub mod keys;
+pub mod lease;
 
 use std::path::Path;
 

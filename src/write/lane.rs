@@ -65,7 +65,7 @@ pub(super) async fn run(wp: Arc<WritePath>, mut rx: mpsc::UnboundedReceiver<Requ
     }
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+pub(super) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())

@@ -9,8 +9,13 @@
 //! commit fails for a reason other than connectivity, the requests are retried one by one, so
 //! each caller learns the outcome of its own data. Connectivity failures hand the requests to
 //! [`outage`], which keeps them and replays them when the database is back.
+//!
+//! In journal durability ([`crate::Durability::Journal`]) there are no lanes: every call goes
+//! through [`journal_mode`]'s appender (fsynced to the journal, then acknowledged) and its
+//! flusher commits the journal to PostgreSQL with the outage's replay code.
 
 pub(crate) mod commit;
+mod journal_mode;
 mod lane;
 pub(crate) mod merge;
 pub mod outage;
@@ -19,12 +24,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use crate::cache::Cache;
 use crate::company::{Companies, Company};
-use crate::config::{Config, TtlPolicy};
+use crate::config::{Config, Durability, TtlPolicy};
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::lease::Leases;
@@ -152,15 +157,21 @@ pub(crate) struct WritePath {
     pub(crate) companies: Arc<Companies>,
     pub(crate) outage: Outage,
     pub(crate) leases: Arc<Leases>,
+    durability: Durability,
+    journal_flush_interval: std::time::Duration,
+    /// Wakes the journal flusher when the appender made calls pending.
+    flush_wake: Arc<Notify>,
     ttl: TtlPolicy,
     group_commit: bool,
     pipeline_depth: usize,
     pipeline_pacing: bool,
     lanes: RwLock<Vec<mpsc::UnboundedSender<Request>>>,
-    /// The lane tasks: they end by themselves once their channel is closed and drained.
+    /// The lane tasks (or, in journal durability, a task that ends with the appender thread):
+    /// they end by themselves once their channel is closed and drained.
     lane_tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// The reconnect task: it never ends by itself, so close aborts it.
-    reconnect_task: Mutex<Option<JoinHandle<()>>>,
+    /// The reconnect task and the journal flusher: they never end by themselves, so close
+    /// aborts them (an aborted flush is replayed again, which writes the same values).
+    reconnect_task: Mutex<Vec<JoinHandle<()>>>,
     closed: AtomicBool,
 }
 
@@ -175,6 +186,12 @@ impl WritePath {
         metrics: Arc<Metrics>,
         companies: Arc<Companies>,
     ) -> Result<(Arc<WritePath>, bool)> {
+        if config.durability == Durability::Journal && config.journal_path.is_none() {
+            return Err(Error::invalid(
+                "journal durability needs a journal file (Config::journal_path, Node \
+                 journalPath): a write resolves once it is fsynced there",
+            ));
+        }
         let outage = Outage::new(config)?;
         let had_journal = outage.load_journal(&companies)?;
         let wp = Arc::new(WritePath {
@@ -184,34 +201,66 @@ impl WritePath {
             companies,
             outage,
             leases: Arc::new(Leases::new(config)),
+            durability: config.durability,
+            journal_flush_interval: config.journal_flush_interval,
+            flush_wake: Arc::new(Notify::new()),
             ttl: config.ttl.clone(),
             group_commit: config.group_commit,
             pipeline_depth: config.pipeline_depth.max(1),
             pipeline_pacing: config.pipeline_pacing,
             lanes: RwLock::new(Vec::new()),
             lane_tasks: Mutex::new(Vec::new()),
-            reconnect_task: Mutex::new(None),
+            reconnect_task: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
         });
         Ok((wp, had_journal))
     }
 
-    /// Starts `lanes` writer lanes and the reconnect task on the current tokio runtime.
-    pub(crate) fn start(self: &Arc<Self>, lanes: usize) {
+    /// Starts `lanes` writer lanes (or, in journal durability, the journal appender thread
+    /// and the flusher) and the reconnect task on the current tokio runtime.
+    pub(crate) fn start(self: &Arc<Self>, lanes: usize) -> Result<()> {
         let mut senders = Vec::with_capacity(lanes);
         let mut tasks = Vec::with_capacity(lanes);
-        for _ in 0..lanes {
+        let mut forever = vec![tokio::spawn(outage::reconnect_loop(Arc::downgrade(self)))];
+        if self.durability == Durability::Journal {
             let (tx, rx) = mpsc::unbounded_channel();
+            let (done_tx, done_rx) = oneshot::channel::<()>();
+            let wp = self.clone();
+            std::thread::Builder::new()
+                .name("authstate-journal".into())
+                .spawn(move || {
+                    journal_mode::run_appender(wp, rx);
+                    let _ = done_tx.send(());
+                })
+                .map_err(|e| Error::internal(format!("cannot start the journal thread: {e}")))?;
             senders.push(tx);
-            tasks.push(tokio::spawn(lane::run(self.clone(), rx)));
+            // Resolves once the appender has drained its channel and ended.
+            tasks.push(tokio::spawn(async move {
+                let _ = done_rx.await;
+            }));
+            forever.push(tokio::spawn(journal_mode::run_flusher(
+                Arc::downgrade(self),
+                self.journal_flush_interval,
+            )));
+        } else {
+            for _ in 0..lanes {
+                let (tx, rx) = mpsc::unbounded_channel();
+                senders.push(tx);
+                tasks.push(tokio::spawn(lane::run(self.clone(), rx)));
+            }
         }
-        let reconnect = tokio::spawn(outage::reconnect_loop(Arc::downgrade(self)));
         *self.lanes.write().unwrap_or_else(|p| p.into_inner()) = senders;
         *self.lane_tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
         *self
             .reconnect_task
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(reconnect);
+            .unwrap_or_else(|p| p.into_inner()) = forever;
+        Ok(())
+    }
+
+    /// Journal durability ([`Durability::Journal`]) is on.
+    pub(crate) fn journaled(&self) -> bool {
+        self.durability == Durability::Journal
     }
 
     /// The time to live of a key of `key_type` (sets `expires_at`).
@@ -224,7 +273,9 @@ impl WritePath {
         let (tx, rx) = oneshot::channel();
         let lanes = self.lanes.read().unwrap_or_else(|p| p.into_inner());
         let closed = || Error::closed("the store is closed");
-        let lane = lanes.get(company.lane).ok_or_else(closed)?;
+        // Journal durability has one queue: the appender's.
+        let lane = if self.journaled() { 0 } else { company.lane };
+        let lane = lanes.get(lane).ok_or_else(closed)?;
         lane.send(Request {
             company: company.clone(),
             op,
@@ -259,14 +310,14 @@ impl WritePath {
             .clear();
         let mut tasks =
             std::mem::take(&mut *self.lane_tasks.lock().unwrap_or_else(|p| p.into_inner()));
-        if let Some(reconnect) = self
-            .reconnect_task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            reconnect.abort();
-            tasks.push(reconnect);
+        for t in std::mem::take(
+            &mut *self
+                .reconnect_task
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        ) {
+            t.abort();
+            tasks.push(t);
         }
         tasks
     }

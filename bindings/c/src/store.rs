@@ -90,6 +90,54 @@ pub unsafe extern "C" fn authstate_store_open_ex(
     })
 }
 
+/// `authstate_store_open_ex` in journal durability (see the README's "Durability modes"): a
+/// write returns once it is fsynced to the journal file `journal_path`, and a background
+/// flusher commits the journal to PostgreSQL in order, coalescing rewrites of a key. The
+/// journal is replayed at the next open, so a process killed at any point loses no write that
+/// returned `AUTHSTATE_OK`; writes not yet flushed are lost if the host (its disk) is lost.
+/// `authstate_store_close` flushes. `flags` as `authstate_store_open_ex`.
+///
+/// Returns `AUTHSTATE_INVALID` for a NULL or non-UTF-8 `journal_path`, else as
+/// `authstate_store_open_ex`.
+///
+/// Ownership: `url_or_null` and `journal_path` are borrowed for the call; `*out` as
+/// `authstate_store_open`.
+///
+/// # Safety
+///
+/// As `authstate_store_open`; `journal_path` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn authstate_store_open_journal(
+    url_or_null: *const c_char,
+    flags: u32,
+    journal_path: *const c_char,
+    out: *mut *mut authstate_store,
+) -> authstate_status {
+    status_boundary("authstate_store_open_journal", || {
+        out_arg(out, "out")?;
+        if flags & !AUTHSTATE_OPEN_NO_LEASE != 0 {
+            return Err(authstate::Error::invalid(format!(
+                "unknown flags {flags:#x} (known: AUTHSTATE_OPEN_NO_LEASE)"
+            )));
+        }
+        let mut config = if url_or_null.is_null() {
+            Config::from_env()?
+        } else {
+            // SAFETY: non-NULL, NUL-terminated and borrowed for this call per the contract.
+            Config::from_url(unsafe { str_arg(url_or_null, "url") }?)?
+        };
+        // SAFETY: NULL is refused by str_arg; else NUL-terminated and borrowed per the contract.
+        let journal = unsafe { str_arg(journal_path, "journal_path") }?;
+        config.lease = flags & AUTHSTATE_OPEN_NO_LEASE == 0;
+        config.durability = authstate::Durability::Journal;
+        config.journal_path = Some(std::path::PathBuf::from(journal));
+        let store = block_on(Store::open(config))??;
+        // SAFETY: `out` was checked non-NULL and is writable per the contract.
+        unsafe { write_out(out, authstate_store::into_raw(store)) };
+        Ok(())
+    })
+}
+
 /// Brings the database schema up to date (applies pending migrations in order, under an
 /// advisory lock, so concurrent callers are safe). Adopts existing tables.
 ///

@@ -46,8 +46,12 @@ impl Journal {
     /// fsynced, renamed over the journal and the directory fsynced, so a crash leaves either
     /// the old or the new journal, both of which replay to the same state.
     pub(super) fn rewrite(&mut self, ops: &[Record<'_>]) -> std::io::Result<()> {
+        self.rewrite_with(&encode_records(ops)?)
+    }
+
+    /// [`Journal::rewrite`] with the lines already encoded.
+    pub(super) fn rewrite_with(&mut self, buf: &str) -> std::io::Result<()> {
         let tmp = self.path.with_extension("compact");
-        let buf = encode_records(ops)?;
         {
             let mut f = File::create(&tmp)?;
             f.write_all(buf.as_bytes())?;
@@ -66,6 +70,9 @@ impl Journal {
     }
 
     pub(super) fn truncate(&mut self) -> std::io::Result<()> {
+        if self.bytes == 0 {
+            return Ok(());
+        }
         self.file.set_len(0)?;
         self.file.sync_all()?;
         self.bytes = 0;
@@ -143,7 +150,7 @@ impl Journal {
 }
 
 /// Journal lines for `ops`, each ended by a newline.
-fn encode_records(ops: &[Record<'_>]) -> std::io::Result<String> {
+pub(super) fn encode_records(ops: &[Record<'_>]) -> std::io::Result<String> {
     let mut buf = String::new();
     for (company, op, token) in ops {
         buf.push_str(&encode_record(company, op, *token)?);

@@ -10,6 +10,9 @@
 //! then goes back "up". On start, a journal left by a crashed process is loaded as pending
 //! writes and replayed before anything else.
 //!
+//! Journal durability ([`crate::Durability::Journal`]) uses the same pieces all the time: every
+//! call is kept here through the journal ([`Outage::keep`]) and flushed by the same replay.
+//!
 //! Split by concern: [`pending`] (the log and its read overlay), [`journal`] (the file),
 //! [`recovery`] (reconnect and replay), [`report`] (what it shows).
 
@@ -28,13 +31,13 @@ use tokio::sync::{Mutex as AsyncMutex, Notify};
 
 use crate::cache::Cached;
 use crate::company::Companies;
-use crate::config::{Config, OutagePolicy};
+use crate::config::{Config, Durability, OutagePolicy};
 use crate::error::{Error, Result};
 use crate::write::Request;
 
 use self::journal::Journal;
 use self::pending::{coalesce, overlay_apply, State};
-pub(crate) use self::recovery::{flush_on_close, reconnect_loop, try_recover};
+pub(crate) use self::recovery::{flush_chunk, flush_on_close, reconnect_loop, try_recover};
 pub use self::report::{CloseReport, OutageStatus, Unflushed};
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`], with +-25 % jitter.
@@ -48,6 +51,7 @@ const JOURNAL_COMPACT_MIN: u64 = 1 << 20;
 
 pub(crate) struct Outage {
     policy: OutagePolicy,
+    durability: Durability,
     max_pending_bytes: usize,
     down: AtomicBool,
     has_overlay: AtomicBool,
@@ -83,6 +87,7 @@ impl Outage {
         Ok(Outage {
             lost_path,
             policy: config.outage_policy,
+            durability: config.durability,
             max_pending_bytes: config.max_pending_bytes,
             down: AtomicBool::new(false),
             has_overlay: AtomicBool::new(false),
@@ -96,6 +101,11 @@ impl Outage {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True while writes are pending (not yet in PostgreSQL).
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.lock().pending.is_empty()
     }
 
     /// True while the database is considered unreachable.
@@ -146,6 +156,15 @@ impl Outage {
         None
     }
 
+    /// The journal file, under its lock. Lock order: the journal before the state, everywhere
+    /// (an append holds the journal from its write until its calls are in the pending log, so
+    /// a truncation or rewrite, which holds it too, never drops a record not yet pending).
+    fn journal_lock(&self) -> Option<std::sync::MutexGuard<'_, Journal>> {
+        self.journal
+            .as_ref()
+            .map(|j| j.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Keeps (or refuses, by policy) a batch of writes while down. Returns the batch back when
     /// the outage ended in the meantime, so the caller commits it normally.
     pub(crate) fn divert(
@@ -153,7 +172,8 @@ impl Outage {
         batch: Vec<Request>,
         cause: Option<&Error>,
     ) -> Option<Vec<Request>> {
-        let mut st = self.lock();
+        let mut j = self.journal_lock();
+        let st = self.lock();
         if !self.is_down() {
             return Some(batch);
         }
@@ -171,10 +191,57 @@ impl Outage {
             }
             return None;
         }
-        // The bound is decided per call (a group-commit batch merges several callers): a call
-        // is kept whole or refused whole.
+        // The state stays locked from the check above until the calls are pending: the
+        // outage cannot end in between and leave them pending with nobody to replay them.
+        let batch = self.admit(&st, batch);
+        if batch.is_empty() {
+            return None;
+        }
+        let batch = match j.as_deref_mut() {
+            // `None`: the append failed and answered every call, nothing to give back.
+            Some(j) => self.append(j, batch)?,
+            None => batch,
+        };
+        self.make_pending(st, batch);
+        if let Some(j) = j.as_deref_mut() {
+            self.compact_if_large(j);
+        }
+        None
+    }
+
+    /// Journal durability: appends a batch of calls (many callers) to the journal with one
+    /// fsync, then makes them pending (reads see them) and answers them. The state is not
+    /// locked during the fsync, so reads go on meanwhile.
+    pub(crate) fn keep(&self, batch: Vec<Request>) {
+        let Some(mut j) = self.journal_lock() else {
+            for r in batch {
+                r.reply.send(Err(Error::internal(
+                    "journal durability without a journal (Config::journal_path)",
+                )));
+            }
+            return;
+        };
+        let batch = {
+            let st = self.lock();
+            self.admit(&st, batch)
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let Some(batch) = self.append(&mut j, batch) else {
+            return;
+        };
+        self.make_pending(self.lock(), batch);
+        self.compact_if_large(&mut j);
+    }
+
+    /// The calls of `batch` that may be kept: not of a company whose lease was lost (LOCKED),
+    /// and within `max_pending_bytes` (BACKLOG); the others are answered here. The bound is
+    /// decided per call (a batch merges several callers): a call is kept whole or refused
+    /// whole.
+    fn admit(&self, st: &State, batch: Vec<Request>) -> Vec<Request> {
         let mut room = self.max_pending_bytes.saturating_sub(st.pending_bytes);
-        let mut batch_kept = Vec::with_capacity(batch.len());
+        let mut kept = Vec::with_capacity(batch.len());
         for r in batch {
             // A company whose lease was lost is not written, now or at the replay.
             if let Err(why) = r.company.lease_token() {
@@ -184,64 +251,83 @@ impl Outage {
             let bytes = r.op.bytes();
             if bytes <= room {
                 room -= bytes;
-                batch_kept.push(r);
+                kept.push(r);
             } else {
                 r.reply.send(Err(Error::backlog(format!(
-                    "{} bytes of writes are pending during the outage, the bound is {}; \
+                    "{} bytes of writes are pending (not yet in PostgreSQL), the bound is {}; \
                      this call needs {bytes} more",
                     self.max_pending_bytes - room,
                     self.max_pending_bytes
                 ))));
             }
         }
-        let batch = batch_kept;
-        if batch.is_empty() {
-            return None;
-        }
-        if let Some(j) = &self.journal {
-            let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
-            let ops: Vec<journal::Record> = batch
-                .iter()
-                .map(|r| (&*r.company.id, &r.op, r.company.journal_token()))
-                .collect();
-            if let Err(e) = j.append(&ops) {
+        kept
+    }
+
+    /// Appends `batch` to the journal and fsyncs it (one write, one fsync). On failure every
+    /// call is answered with the error and `None` is returned.
+    fn append(&self, j: &mut Journal, batch: Vec<Request>) -> Option<Vec<Request>> {
+        let ops: Vec<journal::Record> = batch
+            .iter()
+            .map(|r| (&*r.company.id, &r.op, r.company.journal_token()))
+            .collect();
+        let result = j.append(&ops);
+        drop(ops);
+        self.journal_bytes.store(j.bytes, Ordering::Relaxed);
+        match result {
+            Ok(()) => Some(batch),
+            Err(e) => {
                 let err = Error::internal(format!(
-                    "could not write the outage journal {}: {e}",
+                    "could not write the journal {}: {e}",
                     j.path.display()
                 ));
                 for r in batch {
                     r.reply.send(Err(err.clone()));
                 }
-                return None;
+                None
             }
-            self.journal_bytes.store(j.bytes, Ordering::Relaxed);
         }
+    }
+
+    /// Makes kept calls pending (coalesced, visible to reads), then answers them.
+    fn make_pending(&self, mut st: std::sync::MutexGuard<'_, State>, batch: Vec<Request>) {
+        let now = Instant::now();
+        let mut replies = Vec::with_capacity(batch.len());
         for r in batch {
             coalesce(&mut st, &r.company, &r.op);
             st.pending_bytes += r.op.bytes();
             overlay_apply(&mut st, &r.company, &r.op);
-            st.pending.push(Arc::new((r.company, r.op)));
-            r.reply.send(Ok(()));
-        }
-        if let Some(j) = &self.journal {
-            let mut j = j.lock().unwrap_or_else(|p| p.into_inner());
-            let live = st.pending_bytes as u64;
-            if j.bytes > JOURNAL_COMPACT_MIN && j.bytes > live.saturating_mul(JOURNAL_COMPACT_RATIO)
-            {
-                let ops: Vec<journal::Record> = st
-                    .pending
-                    .iter()
-                    .map(|p| (&*p.0.id, &p.1, p.0.journal_token()))
-                    .collect();
-                // On failure the long journal stays valid (it replays to the same state).
-                if let Err(e) = j.rewrite(&ops) {
-                    tracing::warn!(error = %e, "could not compact the outage journal");
-                }
-                self.journal_bytes.store(j.bytes, Ordering::Relaxed);
-            }
+            st.pending.push(Arc::new((r.company, r.op, now)));
+            replies.push(r.reply);
         }
         self.has_overlay.store(true, Ordering::Release);
-        None
+        drop(st);
+        for reply in replies {
+            reply.send(Ok(()));
+        }
+    }
+
+    /// Rewrites the journal from the live pending calls once it is much larger than them.
+    /// The caller holds the journal, so no append comes in between.
+    fn compact_if_large(&self, j: &mut Journal) {
+        let live = self.lock().pending_bytes as u64;
+        if j.bytes <= JOURNAL_COMPACT_MIN || j.bytes <= live.saturating_mul(JOURNAL_COMPACT_RATIO) {
+            return;
+        }
+        let buf = {
+            let st = self.lock();
+            let ops: Vec<journal::Record> = st
+                .pending
+                .iter()
+                .map(|p| (&*p.0.id, &p.1, p.0.journal_token()))
+                .collect();
+            journal::encode_records(&ops)
+        };
+        // On failure the long journal stays valid (it replays to the same state).
+        if let Err(e) = buf.and_then(|b| j.rewrite_with(&b)) {
+            tracing::warn!(error = %e, "could not compact the journal");
+        }
+        self.journal_bytes.store(j.bytes, Ordering::Relaxed);
     }
 
     /// Loads a journal left by a previous process as pending writes. True when it held any.
@@ -274,7 +360,7 @@ impl Outage {
             coalesce(&mut st, &company, &op);
             st.pending_bytes += op.bytes();
             overlay_apply(&mut st, &company, &op);
-            st.pending.push(Arc::new((company, op)));
+            st.pending.push(Arc::new((company, op, Instant::now())));
         }
         st.since = Some((Instant::now(), SystemTime::now()));
         st.last_error = Some(format!(
@@ -335,10 +421,17 @@ impl Outage {
             }),
             last_error: st.last_error.clone(),
             pending_calls: st.pending.len(),
+            oldest_pending_ms: st.pending.first().map_or(0, |p| {
+                u64::try_from(p.2.elapsed().as_millis()).unwrap_or(u64::MAX)
+            }),
             pending_bytes: st.pending_bytes,
             journal_bytes: self.journal_bytes.load(Ordering::Relaxed),
             reconnect_attempts: st.attempts,
             outages: st.outages,
+            durability: match self.durability {
+                Durability::Commit => "commit",
+                Durability::Journal => "journal",
+            },
             policy: match self.policy {
                 OutagePolicy::Buffer => "buffer",
                 OutagePolicy::ReadOnly => "read-only",

@@ -9,8 +9,9 @@ use crate::cache::{self, Cached};
 use crate::company::Company;
 use crate::write::Op;
 
-/// One kept call. Shared with a replay in progress, copied on write otherwise.
-pub(super) type PendingCall = Arc<(Arc<Company>, Op)>;
+/// One kept call and when it was acknowledged. Shared with a replay in progress, copied on
+/// write otherwise.
+pub(super) type PendingCall = Arc<(Arc<Company>, Op, Instant)>;
 
 #[derive(Default)]
 /// Everything the outage mode keeps, under one lock.
@@ -22,6 +23,9 @@ pub(super) struct State {
     /// Leading pending calls a replay is writing right now: never coalesced into, because the
     /// replay drains exactly that many calls when it commits.
     pub(super) replaying: usize,
+    /// Leading pending calls to replay one per transaction: a chunk of them was refused by
+    /// PostgreSQL for its data, so each is tried alone to find the one refused.
+    pub(super) isolate: usize,
     /// The last pending value of each key (read-your-writes while down).
     pub(super) overlay: HashMap<String, Cached>,
     /// Companies with a pending `clear`: their keys not in `overlay` are absent.

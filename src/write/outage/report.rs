@@ -13,18 +13,24 @@ pub struct OutageStatus {
     pub down_for_ms: u64,
     /// The error that started the current (or last) outage.
     pub last_error: Option<String>,
-    /// Calls kept and not yet replayed.
+    /// Calls acknowledged and not yet in PostgreSQL (kept during an outage, or the journal
+    /// lag in journal durability).
     pub pending_calls: usize,
-    /// Bytes of value text kept and not yet replayed.
+    /// Bytes of value text of those calls.
     pub pending_bytes: usize,
+    /// Age of the oldest of those calls, milliseconds (0 when none).
+    pub oldest_pending_ms: u64,
     /// Size of the journal file.
     pub journal_bytes: u64,
     /// Reconnect attempts in the current outage.
     pub reconnect_attempts: u64,
     /// Outages since the store opened.
     pub outages: u64,
-    /// `buffer` or `read-only`.
+    /// `buffer` or `read-only` (what commit durability does during an outage; journal
+    /// durability always keeps journaling, up to `max_pending_bytes`).
     pub policy: &'static str,
+    /// `commit` or `journal` ([`crate::Durability`]).
+    pub durability: &'static str,
 }
 
 /// What [`crate::Store::close`] could and could not flush.
