@@ -262,12 +262,13 @@ async fn the_journal_is_compacted_while_nothing_is_flushed_and_replays_after_a_c
             .expect("set");
     }
     assert!(appended > 2_000_000);
-    let len = file_len(&journal);
+    // The records' length; the file also holds space reserved past them.
+    let len = store.metrics().outage.journal_bytes;
     assert!(
         len < 1_100_000,
         "{appended} bytes appended, the journal holds {len}"
     );
-    assert_eq!(store.metrics().outage.journal_bytes, len);
+    assert!(file_len(&journal) >= len);
     assert_eq!(store.metrics().outage.pending_calls, 5);
     assert_eq!(db_keys(&url, "acme").await, 0, "nothing flushed");
     drop(s);

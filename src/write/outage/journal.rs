@@ -1,8 +1,16 @@
 //! The outage journal file: one JSON line per kept call, fsynced before the call is answered,
 //! replayed at the next start after a crash, compacted by rewrite-and-rename.
+//!
+//! Space is reserved ahead of the end ([`PREALLOCATE`], `fallocate`) and records are written
+//! in place: an `fdatasync` after an append that grows the file must also commit the new size
+//! through the filesystem's journal (measured here on ext4: ~4 ms), one after a write into
+//! reserved space only the data (~0.1 ms), and journal durability waits for one per `set`.
+//! The reserved space reads as zeros and JSON text never holds a NUL byte, so the records end
+//! at the first NUL.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -15,31 +23,64 @@ use crate::write::Op;
 /// restarted process replays it only if no other holder took the lease in between).
 pub(super) type Record<'a> = (&'a str, &'a Op, Option<i64>);
 
+/// How much space is reserved past the journal's end at a time.
+const PREALLOCATE: u64 = 8 << 20;
+
 /// The append-only journal: one JSON line per kept call, fsynced before the call is answered.
 pub(super) struct Journal {
     pub(super) path: PathBuf,
     file: File,
+    /// End of the records (the file may be longer: reserved space).
     pub(super) bytes: u64,
+    /// Length of the file, records and reserved space.
+    allocated: u64,
 }
 
 impl Journal {
+    /// Opens (or creates) the journal; [`Journal::load`] reads it and finds the records' end.
     pub(super) fn open(path: PathBuf) -> Result<Journal> {
         let file = OpenOptions::new()
             .create(true)
-            .append(true)
+            .truncate(false)
+            .write(true)
             .read(true)
             .open(&path)
             .map_err(|e| Error::invalid(format!("cannot open journal {}: {e}", path.display())))?;
         let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-        Ok(Journal { path, file, bytes })
+        Ok(Journal {
+            path,
+            file,
+            bytes,
+            allocated: bytes,
+        })
     }
 
     pub(super) fn append(&mut self, ops: &[Record<'_>]) -> std::io::Result<()> {
         let buf = encode_records(ops)?;
-        self.file.write_all(buf.as_bytes())?;
+        let end = self.bytes + buf.len() as u64;
+        self.reserve(end);
+        self.file.write_all_at(buf.as_bytes(), self.bytes)?;
         self.file.sync_data()?;
-        self.bytes += buf.len() as u64;
+        self.bytes = end;
+        self.allocated = self.allocated.max(end);
         Ok(())
+    }
+
+    /// Reserves space up to at least `end`, [`PREALLOCATE`] at a time. Best effort: where the
+    /// filesystem cannot, appends grow the file as before (correct, only slower).
+    fn reserve(&mut self, end: u64) {
+        if end <= self.allocated {
+            return;
+        }
+        let want = end + PREALLOCATE;
+        #[cfg(target_os = "linux")]
+        {
+            use rustix::fs::{fallocate, FallocateFlags};
+            match fallocate(&self.file, FallocateFlags::empty(), 0, want) {
+                Ok(()) => self.allocated = want,
+                Err(e) => tracing::debug!(error = %e, "cannot reserve journal space"),
+            }
+        }
     }
 
     /// Replaces the journal with `ops` (the live pending calls): written to a temporary file,
@@ -61,14 +102,14 @@ impl Journal {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             File::open(dir)?.sync_all()?;
         }
-        self.file = OpenOptions::new()
-            .append(true)
-            .read(true)
-            .open(&self.path)?;
+        self.file = OpenOptions::new().write(true).read(true).open(&self.path)?;
         self.bytes = buf.len() as u64;
+        self.allocated = self.bytes;
         Ok(())
     }
 
+    /// Empties the journal (every record is in PostgreSQL). The reserved space goes too: what
+    /// was written there must not be read as records again.
     pub(super) fn truncate(&mut self) -> std::io::Result<()> {
         if self.bytes == 0 {
             return Ok(());
@@ -76,6 +117,7 @@ impl Journal {
         self.file.set_len(0)?;
         self.file.sync_all()?;
         self.bytes = 0;
+        self.allocated = 0;
         Ok(())
     }
 
@@ -88,7 +130,12 @@ impl Journal {
         let read_err = |e: std::io::Error| {
             Error::internal(format!("cannot read journal {}: {e}", self.path.display()))
         };
-        let data = std::fs::read(&self.path).map_err(read_err)?;
+        let mut data = std::fs::read(&self.path).map_err(read_err)?;
+        let file_len = data.len();
+        // Reserved space (and anything a crash left after it) is not records.
+        if let Some(nul) = data.iter().position(|&b| b == 0) {
+            data.truncate(nul);
+        }
         let mut out = Vec::new();
         // End of the last line that is kept (complete or not).
         let mut good_end = 0;
@@ -133,18 +180,19 @@ impl Journal {
                 self.path.display()
             ))
         };
-        if good_end < data.len() {
+        if good_end < file_len {
             self.file.set_len(good_end as u64).map_err(io_err)?;
         }
         let mut len = good_end as u64;
         if good_end > 0 && data[good_end - 1] != b'\n' {
-            self.file.write_all(b"\n").map_err(io_err)?;
+            self.file.write_all_at(b"\n", len).map_err(io_err)?;
             len += 1;
         }
-        if len != data.len() as u64 {
+        if len != file_len as u64 {
             self.file.sync_data().map_err(io_err)?;
         }
         self.bytes = len;
+        self.allocated = len;
         Ok(out)
     }
 }
@@ -292,5 +340,39 @@ mod tests {
             "a last record without newline is ended first"
         );
         assert_eq!(j.bytes, std::fs::metadata(&path).unwrap().len());
+    }
+
+    #[test]
+    fn reserved_space_is_not_read_as_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let mut j = Journal::open(path.clone()).unwrap();
+        j.append(&[("a", &Op::Clear, None)]).unwrap();
+        j.append(&[("b", &Op::Clear, None)]).unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        #[cfg(target_os = "linux")]
+        assert!(len > j.bytes, "space is reserved past the records");
+        // A crash: the next process finds two records, then zeros.
+        drop(j);
+        let mut j = Journal::open(path.clone()).unwrap();
+        assert_eq!(j.load().unwrap().len(), 2);
+        assert_eq!(j.bytes, std::fs::metadata(&path).unwrap().len());
+        j.append(&[("c", &Op::Clear, None)]).unwrap();
+        drop(j);
+        // A torn append inside reserved space: a fragment, zeros, then bytes of a later page.
+        let mut raw = std::fs::read(&path).unwrap();
+        let end = raw.iter().position(|&b| b == 0).unwrap();
+        raw[end..end + 5].copy_from_slice(b"{\"c\":");
+        raw[end + 4096..end + 4100].copy_from_slice(b"junk");
+        std::fs::write(&path, &raw).unwrap();
+        let mut j = Journal::open(path.clone()).unwrap();
+        let back = j.load().unwrap();
+        assert_eq!(
+            back.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        j.truncate().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        assert!(j.load().unwrap().is_empty());
     }
 }
