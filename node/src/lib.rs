@@ -181,6 +181,7 @@ fn config_from_options(options: &Map<String, Value>) -> authstate::Result<Config
             "lostWritesPath" => cfg.lost_writes_path = Some(PathBuf::from(opt_str(v, name)?)),
             "pipelineDepth" => cfg.pipeline_depth = opt_usize(v, name)?.max(1),
             "pipelinePacing" => cfg.pipeline_pacing = opt_bool(v, name)?,
+            "preparedStatements" => cfg.prepared_statements = opt_str(v, name)?.parse()?,
             "health" => health_options(&mut cfg, v)?,
             other => {
                 return Err(authstate::Error::invalid(format!(
