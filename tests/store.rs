@@ -660,3 +660,40 @@ async fn named_and_unnamed_statements_give_the_same_answers() {
         store.close().await.unwrap();
     }
 }
+
+/// A column type changed under a live connection makes PostgreSQL refuse a prepared statement
+/// for good ("cached plan must not change result type"): the store prepares it anew, so at
+/// most the first call after the change fails and the next ones are answered.
+#[tokio::test]
+async fn a_statement_broken_by_a_type_change_is_prepared_again() {
+    if std::env::var("AUTHSTATE_TEST_DIRECT").is_ok_and(|v| !v.is_empty()) {
+        return; // behind a pooler the store sends no named statements
+    }
+    let (store, url) = common::store_with("retype", |c| {
+        c.prepared_statements = authstate::PreparedStatements::On;
+        c.cache.max_bytes = 0;
+        c.pool_size = 1; // one connection: the one holding the prepared statement
+    })
+    .await;
+    let s = store.session("acme").await.unwrap();
+    s.set(vec![
+        KeyWrite::put("pre-key", "1", v(json!({"a": 1}))).unwrap()
+    ])
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(s.get("pre-key", &ids(&["1"])).await.unwrap().len(), 1);
+    }
+    common::sql(&url)
+        .await
+        .batch_execute("ALTER TABLE whatsapp_keys ALTER COLUMN key_id TYPE varchar")
+        .await
+        .unwrap();
+    let first = s.get("pre-key", &ids(&["1"])).await;
+    if let Err(e) = &first {
+        assert_eq!(e.sqlstate(), Some("0A000"), "{e}");
+    }
+    let again = s.get("pre-key", &ids(&["1"])).await.unwrap();
+    assert_eq!(again.len(), 1);
+    store.close().await.unwrap();
+}

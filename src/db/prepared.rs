@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 
 use deadpool_postgres::{ClientWrapper, StatementCache};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{ChannelBinding, TlsConnect, TlsStream};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, Row, Statement};
@@ -65,7 +66,16 @@ pub(crate) async fn query<C: GenericClient>(
             let stmt = cache
                 .prepare_typed(client.client(), sql.text, sql.types)
                 .await?;
-            client.query(&stmt, values).await
+            let result = client.query(&stmt, values).await;
+            if let Err(e) = &result {
+                if e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) {
+                    // "cached plan must not change result type" (a column's type changed under
+                    // a live connection): the statement stays broken, so prepare it anew next
+                    // time.
+                    drop(cache.remove(sql.text, sql.types));
+                }
+            }
+            result
         }
         Stmts::Ready(ready) => match ready.get(sql) {
             Some(stmt) => client.query(stmt, values).await,
