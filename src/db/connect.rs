@@ -57,7 +57,7 @@ pub(super) fn pool(config: &Config, policy: Arc<Policy>) -> Result<(Pool, Arc<Co
             Box::pin(async move {
                 policy.on_connect(client).await;
                 if policy.named() {
-                    prepared::prepare_all(client, &super::sql::hot(lease)).await;
+                    prepared::prepare(client, &super::sql::hot(lease)).await;
                 }
                 Ok(())
             })

@@ -145,7 +145,7 @@ impl Db {
                 let Some(client) = h.client.as_ref() else {
                     return;
                 };
-                let prepare = prepared::prepare_ready(client, &writes);
+                let prepare = prepared::prepare(client, &writes);
                 if let Ok(Some(ready)) = tokio::time::timeout(bound, prepare).await {
                     let _ = h.ready.set(ready);
                 }
@@ -240,9 +240,9 @@ impl PipeConn {
     /// How a pipelined call on this connection sends the statements of [`sql`]: named only
     /// when already prepared, so that it leaves on the first poll.
     pub(crate) fn stmts(&self) -> Stmts<'_> {
-        match self.held.ready.get() {
-            Some(ready) => Stmts::Ready(ready),
-            None => Stmts::Unnamed,
+        match (self.held.ready.get(), &self.held.client) {
+            (Some(ready), Some(client)) => Stmts::Ready(ready, &client.statement_cache),
+            _ => Stmts::Unnamed,
         }
     }
 

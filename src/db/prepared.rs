@@ -30,10 +30,10 @@ pub(crate) enum Stmts<'a> {
     /// Named, from the connection's cache; prepared first (one more round trip, once per
     /// connection) when missing.
     Named(&'a StatementCache),
-    /// Named when among these prepared statements of the connection, else unnamed: the
-    /// statement leaves on the first poll either way, which the pipeline needs (see
-    /// `Db::pipe_conn`).
-    Ready(&'a Ready),
+    /// Named when among these prepared statements of the connection (whose cache is given),
+    /// else unnamed: the statement leaves on the first poll either way, which the pipeline
+    /// needs (see `Db::pipe_conn`).
+    Ready(&'a Ready, &'a StatementCache),
 }
 
 /// Statements prepared on one connection, by their text.
@@ -66,22 +66,29 @@ pub(crate) async fn query<C: GenericClient>(
             let stmt = cache
                 .prepare_typed(client.client(), sql.text, sql.types)
                 .await?;
-            let result = client.query(&stmt, values).await;
-            if let Err(e) = &result {
-                if e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) {
-                    // "cached plan must not change result type" (a column's type changed under
-                    // a live connection): the statement stays broken, so prepare it anew next
-                    // time.
-                    drop(cache.remove(sql.text, sql.types));
-                }
-            }
-            result
+            forget_if_broken(cache, sql, client.query(&stmt, values).await)
         }
-        Stmts::Ready(ready) => match ready.get(sql) {
-            Some(stmt) => client.query(stmt, values).await,
+        Stmts::Ready(ready, cache) => match ready.get(sql) {
+            Some(stmt) => forget_if_broken(cache, sql, client.query(stmt, values).await),
             None => unnamed(client, sql, values).await,
         },
     }
+}
+
+/// Drops `sql` from the connection's cache when the server refused it with "cached plan must
+/// not change result type" (a column's type changed under a live connection): that prepared
+/// statement stays broken, so the next call prepares it anew.
+fn forget_if_broken(
+    cache: &StatementCache,
+    sql: &Sql,
+    result: Result<Vec<Row>, tokio_postgres::Error>,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    if let Err(e) = &result {
+        if e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) {
+            drop(cache.remove(sql.text, sql.types));
+        }
+    }
+    result
 }
 
 async fn unnamed<C: GenericClient>(
@@ -98,8 +105,9 @@ async fn unnamed<C: GenericClient>(
 }
 
 /// Prepares `sqls` on the connection at once (one round trip; none when its cache holds
-/// them), or `None` when one of them fails.
-pub(crate) async fn prepare_ready(client: &ClientWrapper, sqls: &[&'static Sql]) -> Option<Ready> {
+/// them already), or `None` when one of them fails. A failure is left for the statement's
+/// first use to report: before the first migration the tables do not exist yet.
+pub(crate) async fn prepare(client: &ClientWrapper, sqls: &[&'static Sql]) -> Option<Ready> {
     let all = sqls.iter().map(|s| {
         client
             .statement_cache
@@ -108,24 +116,15 @@ pub(crate) async fn prepare_ready(client: &ClientWrapper, sqls: &[&'static Sql])
     let prepared = futures_util::future::join_all(all).await;
     let mut ready = Vec::with_capacity(sqls.len());
     for (sql, r) in sqls.iter().zip(prepared) {
-        ready.push((sql.text, r.ok()?));
-    }
-    Some(Ready(ready))
-}
-
-/// Prepares `sqls` on a new connection at once (one round trip). A failure is left for the
-/// statement's first use to report: before the first migration the tables do not exist yet.
-pub(crate) async fn prepare_all(client: &ClientWrapper, sqls: &[&Sql]) {
-    let all = sqls.iter().map(|s| {
-        client
-            .statement_cache
-            .prepare_typed(client, s.text, s.types)
-    });
-    for r in futures_util::future::join_all(all).await {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "a statement was not prepared ahead; it will be on first use");
+        match r {
+            Ok(stmt) => ready.push((sql.text, stmt)),
+            Err(e) => {
+                tracing::debug!(error = %e, "a statement was not prepared ahead");
+                return None;
+            }
         }
     }
+    Some(Ready(ready))
 }
 
 /// The store's choice of statements, shared by its pool's connection hook and its calls.
