@@ -46,6 +46,14 @@ export interface OpenStoreOptions {
   pipelineDepth?: number
   /** Send ahead only as far as the link needs (default true); false keeps the full depth. */
   pipelinePacing?: boolean
+  /**
+   * Named prepared statements, parsed and planned once per connection (default 'auto': named
+   * when connected to PostgreSQL itself, unnamed behind a pooler such as pgbouncer, found per
+   * connection). 'off' behind any transaction-mode pooler; 'on' only directly or behind
+   * pgbouncer 1.21+ with max_prepared_statements. Also `prepared_statements=` in the URL or
+   * the AUTHSTATE_PREPARED_STATEMENTS variable.
+   */
+  preparedStatements?: 'auto' | 'on' | 'off'
   /** Idle connections are closed after this long; 0 = never (default 600000). */
   idleTimeoutMs?: number
   /** Coalesce concurrent writes into shared commits (default true). */

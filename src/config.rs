@@ -100,6 +100,42 @@ impl FromStr for Durability {
     }
 }
 
+/// Whether the store's hot statements (`get`, creds, the write) are named prepared statements,
+/// prepared once per connection and cached (PostgreSQL then neither parses nor plans them
+/// again), or unnamed ones, which the server parses and plans at every call.
+///
+/// Named statements live on one server connection. A pooler in transaction mode hands each
+/// transaction to any server connection, so there they fail ("prepared statement does not
+/// exist") or, worse, run another client's statement of the same name, unless the pooler
+/// tracks them itself (pgbouncer 1.21+ with `max_prepared_statements` > 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PreparedStatements {
+    /// Named when the connection reaches PostgreSQL itself, unnamed behind a pooler: each new
+    /// connection compares the backend process id the server announced at login with the one
+    /// that runs its statements (`pg_backend_pid()`); a pooler announces its own, so they
+    /// differ. Once one connection is seen behind a pooler, the store stays unnamed.
+    #[default]
+    Auto,
+    /// Always named (direct connections, or a pooler that supports them).
+    On,
+    /// Always unnamed: behind any pooler, whatever its version and settings.
+    Off,
+}
+
+impl FromStr for PreparedStatements {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(PreparedStatements::Auto),
+            "on" | "true" | "1" => Ok(PreparedStatements::On),
+            "off" | "false" | "0" => Ok(PreparedStatements::Off),
+            other => Err(Error::invalid(format!(
+                "prepared_statements must be auto, on or off, got {other:?}"
+            ))),
+        }
+    }
+}
+
 /// Time to live per key type: every write sets `expires_at = now() + ttl(type)`, rounded up to
 /// a step of 1/128 of the TTL (at most an hour), so that rewrites within a step leave the
 /// expiry index alone (HOT updates).
@@ -289,6 +325,10 @@ pub struct Config {
     /// the journal's disk outlives the machine's host name (a container whose volume is
     /// reattached to its replacement).
     pub lease_host: Option<String>,
+    /// Named (cached) or unnamed statements; see [`PreparedStatements`]. Default `Auto`. Also
+    /// set by `prepared_statements=auto|on|off` in the URL (or key=value string) or the
+    /// `AUTHSTATE_PREPARED_STATEMENTS` variable.
+    pub prepared_statements: PreparedStatements,
 }
 
 impl fmt::Debug for Config {
@@ -318,6 +358,7 @@ impl fmt::Debug for Config {
             .field("lease_heartbeat", &self.lease_heartbeat)
             .field("lost_writes_path", &self.lost_writes_path)
             .field("lease_host", &self.lease_host)
+            .field("prepared_statements", &self.prepared_statements)
             .finish_non_exhaustive()
     }
 }
@@ -351,6 +392,7 @@ impl Config {
             lease_heartbeat: Duration::from_secs(10),
             lost_writes_path: None,
             lease_host: None,
+            prepared_statements: PreparedStatements::Auto,
         }
     }
 
@@ -428,6 +470,12 @@ impl Config {
         if let Some(t) = ssl.connect_timeout {
             self.connect_timeout = t;
         }
+        if let Some(p) = ssl
+            .prepared_statements
+            .or_else(|| env("AUTHSTATE_PREPARED_STATEMENTS"))
+        {
+            self.prepared_statements = p.parse()?;
+        }
         Ok(())
     }
 
@@ -471,21 +519,25 @@ impl Config {
     }
 }
 
+/// What a connection string says that tokio-postgres does not take from it.
 #[derive(Default)]
 struct SslParams {
     mode: Option<String>,
     root_cert: Option<String>,
     connect_timeout: Option<Duration>,
+    prepared_statements: Option<String>,
 }
 
-/// Takes `sslmode`, `sslrootcert` and `connect_timeout` out of a URL or key=value string:
-/// tokio-postgres does not know verify-ca/verify-full nor sslrootcert.
+/// Takes `sslmode`, `sslrootcert`, `connect_timeout` and `prepared_statements` out of a URL or
+/// key=value string: tokio-postgres does not know verify-ca/verify-full, sslrootcert, nor the
+/// store's own `prepared_statements`.
 fn split_ssl_params(url: &str) -> Result<(String, SslParams)> {
     let mut ssl = SslParams::default();
     let mut take = |k: &str, v: String| -> Result<bool> {
         match k {
             "sslmode" => ssl.mode = Some(v),
             "sslrootcert" => ssl.root_cert = Some(v),
+            "prepared_statements" => ssl.prepared_statements = Some(v),
             "connect_timeout" => {
                 let secs: u64 = v.parse().map_err(|_| {
                     Error::invalid(format!("connect_timeout is not seconds: {v:?}"))
@@ -616,6 +668,18 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3 cret"));
         assert_eq!(c.ssl_mode, SslMode::Require);
         assert_eq!(c.pg.get_password(), Some("s3 cret".as_bytes()));
+    }
+
+    #[test]
+    fn prepared_statements_from_the_url() {
+        let c =
+            Config::from_url("postgres://app@pgbouncer:6432/wa?prepared_statements=off").unwrap();
+        assert_eq!(c.prepared_statements, PreparedStatements::Off);
+        assert_eq!(c.pg.get_dbname(), Some("wa"));
+        let c = Config::from_url("host=db dbname=wa prepared_statements=on").unwrap();
+        assert_eq!(c.prepared_statements, PreparedStatements::On);
+        let e = Config::from_url("host=db prepared_statements=sometimes").unwrap_err();
+        assert_eq!(e.code(), "INVALID");
     }
 
     #[test]

@@ -29,7 +29,10 @@ pub mod delay_proxy;
 pub mod tempdb;
 
 pub use cache::CacheStats;
-pub use config::{CacheConfig, Config, Durability, HealthConfig, OutagePolicy, SslMode, TtlPolicy};
+pub use config::{
+    CacheConfig, Config, Durability, HealthConfig, OutagePolicy, PreparedStatements, SslMode,
+    TtlPolicy,
+};
 pub use db::migrate::{self, MigrationReport};
 pub use db::PoolStats;
 pub use directory::DirectoryStats;

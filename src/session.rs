@@ -106,8 +106,11 @@ impl Session {
         let company = &*self.company.id;
         // `&***c`: pooled object -> deadpool's wrapper -> the tokio-postgres client that
         // `sql` takes (its `query_typed` is not on deadpool's own GenericClient).
+        let db = &self.wp.db;
         let value = self
-            .read("read creds", async |c| sql::get_creds(&***c, company).await)
+            .read("read creds", async |c| {
+                sql::get_creds(&***c, db.stmts(&c.statement_cache), company).await
+            })
             .await?;
         if self.company.epoch() == epoch {
             self.wp
@@ -210,9 +213,11 @@ impl Session {
             self.wp.outage.check_reads()?;
             let epoch = self.company.epoch();
             let company = &*self.company.id;
+            let db = &self.wp.db;
             let read = self
                 .read("read keys", async |c| {
-                    sql::get_keys(&***c, company, key_type, &missing).await
+                    let how = db.stmts(&c.statement_cache);
+                    sql::get_keys(&***c, how, company, key_type, &missing).await
                 })
                 .await;
             let (rows, from_db) = match read {

@@ -372,6 +372,8 @@ impl Store {
         let mut health_config = config.clone();
         health_config.pool_size = 1;
         health_config.statement_timeout = config.health.query_timeout;
+        // Health queries are rare: nothing to prepare, nor to check, on their connection.
+        health_config.prepared_statements = crate::config::PreparedStatements::Off;
         let health_db = Arc::new(Db::new(&health_config)?);
         let inner = Arc::new(Inner {
             alerts: Alerts::new(&config.health),
@@ -510,6 +512,13 @@ impl Store {
     /// The configuration the store runs with.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// True while calls use named prepared statements, false while they use unnamed ones
+    /// ([`crate::PreparedStatements`]: with `Auto`, false once a connection was found to go
+    /// through a pooler; decided when the first connection opens).
+    pub fn uses_named_statements(&self) -> bool {
+        self.inner.db.named_statements()
     }
 
     /// Counts, latencies, pool (with its last hour), cache, outage state, recent slow

@@ -526,3 +526,46 @@ async fn the_read_that_meets_the_failure_answers_absent_keys() {
     store.close().await.expect("close");
     drop(bouncer);
 }
+
+/// `PreparedStatements::Auto` (the default) finds the pooler: the store behind pgbouncer sends
+/// unnamed statements (pgbouncer 1.18 cannot carry named ones in transaction mode) and its
+/// calls work, while a store on PostgreSQL itself, same server, uses named ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_only_without_the_pooler() {
+    let _serial = SERIAL.lock().await;
+    let Setup {
+        pg: _pg,
+        bouncer,
+        direct,
+        store,
+    } = setup().await;
+    let s = store.session("stmts").await.expect("session");
+    for i in 0..8 {
+        s.set(vec![KeyWrite::put(
+            "pre-key",
+            &i.to_string(),
+            val(&json!({"i": i})),
+        )
+        .expect("key")])
+            .await
+            .expect("write through pgbouncer");
+    }
+    assert!(
+        !store.uses_named_statements(),
+        "behind pgbouncer the store must send unnamed statements"
+    );
+    let mut cfg = Config::from_url(&direct).expect("config");
+    cfg.lease = false;
+    cfg.cache.max_bytes = 0;
+    let beside = Store::open(cfg).await.expect("open directly");
+    let r = beside.session("stmts").await.expect("session");
+    for i in 0..8 {
+        let got = r.get("pre-key", &[i.to_string()]).await.expect("read");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1.to_value(), json!({"i": i}));
+    }
+    assert!(beside.uses_named_statements(), "directly: named statements");
+    beside.close().await.expect("close");
+    store.close().await.expect("close");
+    drop(bouncer);
+}

@@ -566,3 +566,134 @@ async fn bad_rows_of_hand_made_tables_are_typed_errors_naming_the_row() {
     );
     store.close().await.unwrap();
 }
+
+/// Named statements (prepared once per connection and cached) and unnamed ones give the same
+/// answers for every statement of the calls: a get of one id and of several, creds, deletes,
+/// a clear, and pipelined writes of many companies at once; each more than five times, so that
+/// PostgreSQL runs the named ones on its generic plan. Behind a pooler
+/// (`scripts/test-via-pgbouncer.sh` sets `AUTHSTATE_TEST_DIRECT`) `Auto` must notice it and send
+/// unnamed statements, and `On` is not tried (pgbouncer before 1.21 cannot carry named ones).
+#[tokio::test]
+async fn named_and_unnamed_statements_give_the_same_answers() {
+    use authstate::PreparedStatements;
+    let behind_pooler = std::env::var("AUTHSTATE_TEST_DIRECT").is_ok_and(|v| !v.is_empty());
+    let mut modes = vec![
+        (PreparedStatements::Off, false),
+        (PreparedStatements::Auto, !behind_pooler),
+    ];
+    if !behind_pooler {
+        modes.push((PreparedStatements::On, true));
+    }
+    for (mode, named) in modes {
+        let (store, url) = common::store_with("stmts", |c| {
+            c.prepared_statements = mode;
+            c.cache.max_bytes = 0; // every get asks PostgreSQL
+        })
+        .await;
+        let s = store.session("acme").await.unwrap();
+        for round in 0..8 {
+            let id = round.to_string();
+            s.set(vec![
+                KeyWrite::put("pre-key", &id, v(json!({"n": round}))).unwrap(),
+                KeyWrite::put("session", &id, v(json!({"s": round}))).unwrap(),
+            ])
+            .await
+            .unwrap();
+            let one = s.get("pre-key", &ids(&[&id])).await.unwrap();
+            assert_eq!(one.len(), 1, "{mode:?} round {round}");
+            assert_eq!(one[0].1.to_value(), json!({"n": round}), "{mode:?}");
+            let several = s.get("session", &ids(&["0", &id, "nope"])).await.unwrap();
+            let expected = if round == 0 { 1 } else { 2 };
+            assert_eq!(several.len(), expected, "{mode:?} round {round}");
+            assert!(s
+                .save_creds(v(json!({"registrationId": round})))
+                .await
+                .unwrap());
+        }
+        s.set(vec![KeyWrite::delete("pre-key", "3").unwrap()])
+            .await
+            .unwrap();
+        assert!(s.get("pre-key", &ids(&["3"])).await.unwrap().is_empty());
+
+        // Many companies at once: group commit and pipelined statements on one connection.
+        let mut sessions = Vec::new();
+        for w in 0..12 {
+            sessions.push(store.session(&format!("w{w}")).await.unwrap());
+        }
+        for round in 0..6 {
+            let sets = sessions.iter().map(|w| {
+                w.set(vec![KeyWrite::put(
+                    "session",
+                    "peer",
+                    v(json!({"r": round})),
+                )
+                .unwrap()])
+            });
+            for r in futures_util::future::join_all(sets).await {
+                r.unwrap();
+            }
+        }
+        for w in &sessions {
+            let got = w.get("session", &ids(&["peer"])).await.unwrap();
+            assert_eq!(got[0].1.to_value(), json!({"r": 5}), "{mode:?}");
+        }
+        assert_eq!(store.uses_named_statements(), named, "{mode:?}");
+
+        // A second store (no lease: a reader beside the holder) reads it all from PostgreSQL.
+        let mut cfg = authstate::Config::from_url(&url).unwrap();
+        cfg.prepared_statements = mode;
+        cfg.lease = false;
+        let reader = authstate::Store::open(cfg).await.unwrap();
+        let r = reader.session("acme").await.unwrap();
+        let creds = r.load_creds().await.unwrap().expect("creds");
+        assert_eq!(creds.to_value(), json!({"registrationId": 7}), "{mode:?}");
+        let keys = r.get("pre-key", &ids(&["2", "3", "7"])).await.unwrap();
+        let found: Vec<&str> = keys.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(found, ["2", "7"], "{mode:?}");
+        assert_eq!(reader.uses_named_statements(), named, "{mode:?}");
+        reader.close().await.unwrap();
+
+        s.clear().await.unwrap();
+        assert!(s.get("session", &ids(&["1"])).await.unwrap().is_empty());
+        assert!(s.load_creds().await.unwrap().is_none());
+        drop(sessions);
+        store.close().await.unwrap();
+    }
+}
+
+/// A column type changed under a live connection makes PostgreSQL refuse a prepared statement
+/// for good ("cached plan must not change result type"): the store prepares it anew, so at
+/// most the first call after the change fails and the next ones are answered.
+#[tokio::test]
+async fn a_statement_broken_by_a_type_change_is_prepared_again() {
+    if std::env::var("AUTHSTATE_TEST_DIRECT").is_ok_and(|v| !v.is_empty()) {
+        return; // behind a pooler the store sends no named statements
+    }
+    let (store, url) = common::store_with("retype", |c| {
+        c.prepared_statements = authstate::PreparedStatements::On;
+        c.cache.max_bytes = 0;
+        c.pool_size = 1; // one connection: the one holding the prepared statement
+    })
+    .await;
+    let s = store.session("acme").await.unwrap();
+    s.set(vec![
+        KeyWrite::put("pre-key", "1", v(json!({"a": 1}))).unwrap()
+    ])
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(s.get("pre-key", &ids(&["1"])).await.unwrap().len(), 1);
+    }
+    common::sql(&url)
+        .await
+        .batch_execute("ALTER TABLE whatsapp_keys ALTER COLUMN key_id TYPE varchar")
+        .await
+        .unwrap();
+    let first = s.get("pre-key", &ids(&["1"])).await;
+    if let Err(e) = &first {
+        assert_eq!(e.sqlstate(), Some("0A000"), "{e}");
+    }
+    let again = s.get("pre-key", &ids(&["1"])).await.unwrap();
+    assert_eq!(again.len(), 1);
+    store.close().await.unwrap();
+}

@@ -162,6 +162,11 @@ async fn sslmodes_against_a_tls_server() {
     s.set_json(r#"{"session":{"a":1}}"#)
         .await
         .expect("write over TLS");
+    // The check for a pooler reads the backend id from a TLS connection's cancel token too.
+    assert!(
+        store.uses_named_statements(),
+        "over TLS to PostgreSQL itself: named statements"
+    );
     store.close().await.expect("close");
 
     // The wrong root certificate, or a name the certificate does not carry: refused.

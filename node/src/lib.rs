@@ -184,6 +184,7 @@ fn config_from_options(options: &Map<String, Value>) -> authstate::Result<Config
             "leaseHost" => cfg.lease_host = Some(opt_str(v, name)?.to_string()),
             "pipelineDepth" => cfg.pipeline_depth = opt_usize(v, name)?.max(1),
             "pipelinePacing" => cfg.pipeline_pacing = opt_bool(v, name)?,
+            "preparedStatements" => cfg.prepared_statements = opt_str(v, name)?.parse()?,
             "health" => health_options(&mut cfg, v)?,
             other => {
                 return Err(authstate::Error::invalid(format!(

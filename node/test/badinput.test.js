@@ -17,6 +17,8 @@ test('bad input is refused with EAUTHSTATE_INVALID and nothing is written', { ti
   await assert.rejects(openStore({ url: db.url, outagePolicy: 'sometimes' }), INVALID)
   await assert.rejects(openStore({ url: 'postgres://x/y?sslmode=maybe' }), INVALID)
   await assert.rejects(openStore({ url: db.url, poolSize: 10n }), INVALID)
+  await assert.rejects(openStore({ url: db.url, preparedStatements: 'sometimes' }), INVALID)
+  await (await openStore({ url: db.url, preparedStatements: 'off' })).close()
   const store = await openStore({ url: db.url })
   await store.migrate()
 

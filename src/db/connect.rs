@@ -8,16 +8,19 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::task::JoinHandle;
 
+use super::prepared::{self, Policy};
 use crate::config::{Config, SslMode};
 use crate::error::{Error, Result};
 
-/// The pool for `config` (no connection is made yet) and its connection tracker.
-pub(super) fn pool(config: &Config) -> Result<(Pool, Arc<ConnTracker>)> {
+/// The pool for `config` (no connection is made yet) and its connection tracker. Each new
+/// connection is checked and prepared by `policy` before its first use.
+pub(super) fn pool(config: &Config, policy: Arc<Policy>) -> Result<(Pool, Arc<ConnTracker>)> {
     let pg = pg_config(config);
     let mgr_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };
     let conns = Arc::new(ConnTracker::default());
+    let lease = config.lease;
     let manager = match super::tls::connector(config)? {
         Some(tls) => Manager::from_connect(
             pg,
@@ -42,6 +45,23 @@ pub(super) fn pool(config: &Config) -> Result<(Pool, Arc<ConnTracker>)> {
         .wait_timeout(Some(config.connect_timeout))
         .create_timeout(Some(config.connect_timeout))
         .recycle_timeout(Some(config.connect_timeout))
+        // The connection used last is handed out first: its prepared statements (and the
+        // server's caches) are warm, so a writer lane that takes a connection per burst of
+        // writes gets the one it prepared its statements on; spare ones idle out.
+        .queue_mode(deadpool_postgres::QueueMode::Lifo)
+        // A new connection learns whether it may use named statements and prepares the
+        // statements of every call at once (one round trip, instead of one per statement on
+        // first use; over a slow link that is the first `get` after a store opens).
+        .post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+            let policy = policy.clone();
+            Box::pin(async move {
+                policy.on_connect(client).await;
+                if policy.named() {
+                    prepared::prepare(client, &super::sql::hot(lease)).await;
+                }
+                Ok(())
+            })
+        }))
         .build()
         .map_err(|e| Error::internal(format!("pool: {e}")))?;
     Ok((pool, conns))

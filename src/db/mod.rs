@@ -4,24 +4,28 @@
 //! database call through one helper, [`Db::call`], which bounds the call in time, classifies
 //! its error ([`crate::Error`]) and discards a connection that failed in a way that may leave it
 //! unusable instead of returning it to the pool. Every SQL statement of the store is in
-//! [`sql`]; schema migrations in [`migrate`].
+//! [`sql`], sent as named or unnamed statements as [`prepared`] decides; schema migrations in
+//! [`migrate`].
 
 pub mod admin;
 mod connect;
 pub mod health_sql;
 pub(crate) mod lease_sql;
 pub mod migrate;
+pub(crate) mod prepared;
 pub(crate) mod sql;
 mod tls;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, StatementCache};
+use futures_util::FutureExt;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use prepared::{Policy, Stmts};
 
 pub(crate) use self::connect::client as plain_client;
 pub use deadpool_postgres::Client;
@@ -32,6 +36,8 @@ pub(crate) struct Db {
     conns: Arc<connect::ConnTracker>,
     connect_timeout: Duration,
     call_bound: Duration,
+    policy: Arc<Policy>,
+    lease: bool,
 }
 
 /// Pool occupancy, as deadpool reports it.
@@ -50,14 +56,27 @@ pub struct PoolStats {
 impl Db {
     /// Builds the pool for `config`; no connection is made yet.
     pub(crate) fn new(config: &Config) -> Result<Db> {
-        let (pool, conns) = connect::pool(config)?;
+        let policy = Arc::new(Policy::new(config.prepared_statements));
+        let (pool, conns) = connect::pool(config, policy.clone())?;
         Ok(Db {
             pool,
             conns,
             connect_timeout: config.connect_timeout,
             // A hung network fails within one statement timeout plus one connect timeout.
             call_bound: config.statement_timeout + config.connect_timeout,
+            policy,
+            lease: config.lease,
         })
+    }
+
+    /// True while calls use named statements ([`crate::PreparedStatements`]).
+    pub(crate) fn named_statements(&self) -> bool {
+        self.policy.named()
+    }
+
+    /// How a call on the connection with `cache` sends the statements of [`sql`].
+    pub(crate) fn stmts<'a>(&self, cache: &'a StatementCache) -> Stmts<'a> {
+        self.policy.stmts(cache)
     }
 
     /// A pooled connection, or `Unavailable`/`Timeout` within the connect timeout. Prefer
@@ -106,13 +125,38 @@ impl Db {
     /// Checks out one connection to send several statements on before their answers arrive
     /// (pipelining), within the connect timeout. Every statement on it still goes through the
     /// rules of [`Db::call`]: see [`PipeConn::call`].
+    ///
+    /// With named statements the writes are taken from the connection's prepared statements
+    /// (a new connection prepares them). A pipelined statement must leave on the first poll, so
+    /// when they are not prepared yet (a connection opened before the tables existed) they are
+    /// prepared in the background and the writes sent meanwhile are unnamed.
     pub(crate) async fn pipe_conn(&self) -> Result<PipeConn> {
         let client = self.client().await?;
+        let held = Arc::new(Held {
+            client: Some(client),
+            broken: AtomicBool::new(false),
+            ready: OnceLock::new(),
+        });
+        if self.policy.named() {
+            let writes = sql::writes(self.lease);
+            let bound = self.connect_timeout;
+            let h = held.clone();
+            let mut prepare = Box::pin(async move {
+                let Some(client) = h.client.as_ref() else {
+                    return;
+                };
+                let prepare = prepared::prepare(client, &writes);
+                if let Ok(Some(ready)) = tokio::time::timeout(bound, prepare).await {
+                    let _ = h.ready.set(ready);
+                }
+            });
+            // Cached on this connection (the usual case): ready at once, without a round trip.
+            if (&mut prepare).now_or_never().is_none() {
+                tokio::spawn(prepare);
+            }
+        }
         Ok(PipeConn {
-            held: Arc::new(Held {
-                client: Some(client),
-                broken: AtomicBool::new(false),
-            }),
+            held,
             call_bound: self.call_bound,
         })
     }
@@ -159,6 +203,8 @@ pub(crate) struct PipeConn {
 struct Held {
     client: Option<Client>,
     broken: AtomicBool,
+    /// The write statements prepared on this connection, once they are.
+    ready: OnceLock<prepared::Ready>,
 }
 
 impl Drop for Held {
@@ -189,6 +235,15 @@ impl PipeConn {
     pub(crate) fn is_broken(&self) -> bool {
         self.held.broken.load(Ordering::Acquire)
             || self.held.client.as_ref().is_none_or(|c| c.is_closed())
+    }
+
+    /// How a pipelined call on this connection sends the statements of [`sql`]: named only
+    /// when already prepared, so that it leaves on the first poll.
+    pub(crate) fn stmts(&self) -> Stmts<'_> {
+        match (self.held.ready.get(), &self.held.client) {
+            (Some(ready), Some(client)) => Stmts::Ready(ready, &client.statement_cache),
+            _ => Stmts::Unnamed,
+        }
     }
 
     /// Runs `f` on the shared connection with the guarantees of [`Db::call`]. The statement

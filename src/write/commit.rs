@@ -4,6 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::cache;
 use crate::company::Company;
+use crate::db::prepared::Stmts;
 use crate::db::sql;
 use crate::directory::{key_hash, Change};
 use crate::error::{Error, Result};
@@ -121,13 +122,16 @@ pub(crate) async fn commit(wp: &WritePath, ops: &[(&Company, &Op)]) -> Result<Fe
     let newly = wp
         .db
         .call("write", async |client| {
+            // Its own handle on the connection's cache: the transaction borrows the client.
+            let cache = client.statement_cache.clone();
+            let how = wp.db.stmts(&cache);
             if let [step] = steps.as_slice() {
-                return run_step(&***client, step, tokens_ref).await;
+                return run_step(&***client, how, step, tokens_ref).await;
             }
             let tx = client.transaction().await?;
             let mut out = Vec::new();
             for step in &steps {
-                out.extend(run_step(&*tx, step, tokens_ref).await?);
+                out.extend(run_step(&*tx, how, step, tokens_ref).await?);
             }
             tx.commit().await?;
             Ok(out)
@@ -140,6 +144,7 @@ pub(crate) async fn commit(wp: &WritePath, ops: &[(&Company, &Op)]) -> Result<Fe
 /// Runs one step; returns the companies it fenced.
 pub(crate) async fn run_step(
     client: &impl tokio_postgres::GenericClient,
+    how: Stmts<'_>,
     step: &Step<'_>,
     tokens: &Tokens<'_>,
 ) -> Result<Vec<String>> {
@@ -152,7 +157,7 @@ pub(crate) async fn run_step(
                 vec![company.to_string()]
             })
         }
-        Step::Upsert(u) => sql::upsert(client, u).await,
+        Step::Upsert(u) => sql::upsert(client, how, u).await,
     }
 }
 

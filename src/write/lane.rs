@@ -253,8 +253,9 @@ impl Pacer {
     }
 }
 
-/// A connection for the pipeline. Statements are unnamed (`query_typed`: parse, bind and
-/// execute leave in one message on the first poll), so nothing needs preparing first.
+/// A connection for the pipeline. A statement must leave in one message on the first poll,
+/// never after a round trip: bind and execute of a write statement prepared on the connection,
+/// or parse, bind and execute of an unnamed one while it is not (see `Db::pipe_conn`).
 async fn open_conn(wp: &WritePath) -> Result<PipeConn> {
     wp.db.pipe_conn().await
 }
@@ -279,7 +280,7 @@ async fn send(wp: &WritePath, conn: PipeConn, batch: Vec<Request>, alone: bool) 
             [] => Ok(Vec::new()),
             [step] => {
                 conn.call("write", async |client| {
-                    commit::run_step(&***client, step, tokens_ref).await
+                    commit::run_step(&***client, conn.stmts(), step, tokens_ref).await
                 })
                 .await
             }
