@@ -124,6 +124,13 @@ impl Company {
             _ => None,
         }
     }
+    /// True while this process holds the company's lease (so it is its only writer).
+    pub(crate) fn holds_lease(&self) -> bool {
+        matches!(
+            &*self.lease.lock().unwrap_or_else(|p| p.into_inner()),
+            LeaseState::Held { .. }
+        )
+    }
     /// The token writes are fenced with now: `Ok(None)` without lease, `Err` when lost.
     pub(crate) fn lease_token(&self) -> std::result::Result<Option<i64>, String> {
         match &*self.lease.lock().unwrap_or_else(|p| p.into_inner()) {

@@ -180,10 +180,20 @@ impl Session {
             validate::key_id(id)?;
         }
         let mut seen = HashSet::with_capacity(ids.len());
+        // See `get_inner`: when the key directory is authoritative, a key it does not hold is
+        // known absent, so the synchronous path answers it too.
+        let directory_knows = self.wp.outage.is_down() || self.company.holds_lease();
         Ok(ids
             .iter()
             .filter(|id| seen.insert(**id))
-            .map(|&id| (id, self.in_memory(key_type, id, count)))
+            .map(|&id| {
+                let known = self.in_memory(key_type, id, count).or_else(|| {
+                    (directory_knows
+                        && self.company.directory().contains(key_type, id) == Some(false))
+                    .then_some(None)
+                });
+                (id, known)
+            })
             .collect())
     }
 
@@ -198,9 +208,13 @@ impl Session {
             .into_iter()
             .map(|(id, m)| (id, m.flatten()))
             .collect();
-        // During an outage the key directory proves which missing ids were never stored: those
-        // are absent; only a key that exists but is not in memory fails.
-        let missing: Vec<&str> = if self.wp.outage.is_down() {
+        // The key directory proves which missing ids were never stored: those are absent,
+        // without asking the database. Always during an outage (only a key that exists but is
+        // not in memory fails), and while this process holds the company's lease: it is then
+        // the only writer, and every commit (its own) keeps the directory exact. Baileys reads
+        // absent keys all the time (the session of every new contact, sender keys of new
+        // groups): over a 20-50 ms link each of those was a round trip.
+        let missing: Vec<&str> = if self.wp.outage.is_down() || self.company.holds_lease() {
             let dir = self.company.directory();
             missing
                 .into_iter()

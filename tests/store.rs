@@ -400,7 +400,9 @@ async fn cached_reads_do_not_touch_the_database_and_clear_removes_everything() {
 
 #[tokio::test]
 async fn database_errors_are_errors_never_empty_answers() {
-    let (store, url) = common::store("dberr").await;
+    // Without the lease the key directory never answers, so the get below asks the database
+    // whenever the directory has loaded (see the next test for what it answers with the lease).
+    let (store, url) = common::store_with("dberr", |c| c.lease = false).await;
     let s = store.session("acme").await.unwrap();
     let db = common::sql(&url).await;
     db.batch_execute("ALTER TABLE whatsapp_keys RENAME TO whatsapp_keys_gone")
@@ -419,6 +421,67 @@ async fn database_errors_are_errors_never_empty_answers() {
     s.set(vec![KeyWrite::put("session", "a", v(json!(1))).unwrap()])
         .await
         .unwrap();
+    store.close().await.unwrap();
+}
+
+/// While the store holds a company's lease it is the company's only writer, so a key its key
+/// directory does not hold was never stored: such a get is answered absent without a query
+/// (Baileys reads absent keys all the time: a round trip each over a 20-50 ms link). A stored
+/// key not in memory still asks the database, and so does every get without the lease.
+#[tokio::test]
+async fn absent_keys_are_answered_from_the_key_directory_while_the_lease_is_held() {
+    let (store, url) = common::store_with("dirabsent", |c| c.cache.max_bytes = 0).await;
+    let s = store.session("acme").await.unwrap();
+    s.set(vec![KeyWrite::put("session", "a", v(json!("x"))).unwrap()])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    while store.metrics().directory.companies < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "directory never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let db = common::sql(&url).await;
+    db.batch_execute("ALTER TABLE whatsapp_keys RENAME TO whatsapp_keys_gone")
+        .await
+        .unwrap();
+    // No query: the missing table would make it an error.
+    assert!(s
+        .get("session", &ids(&["never", "also-never"]))
+        .await
+        .unwrap()
+        .is_empty());
+    // Stored, not in memory (the cache is off): the database is asked, and fails.
+    let e = s.get("session", &ids(&["a", "never"])).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Database, "{e:?}");
+    // Without the lease the directory is not trusted: the database is asked.
+    let mut cfg = authstate::Config::from_url(&url).unwrap();
+    cfg.lease = false;
+    let unleased = authstate::Store::open(cfg).await.unwrap();
+    let e = unleased
+        .session("acme")
+        .await
+        .unwrap()
+        .get("session", &ids(&["never"]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Database, "{e:?}");
+    db.batch_execute("ALTER TABLE whatsapp_keys_gone RENAME TO whatsapp_keys")
+        .await
+        .unwrap();
+    // Writes keep the directory exact: a new key is found, a deleted one is absent again.
+    s.set(vec![
+        KeyWrite::put("session", "never", v(json!(1))).unwrap(),
+        KeyWrite::delete("session", "a").unwrap(),
+    ])
+    .await
+    .unwrap();
+    let got = s.get("session", &ids(&["a", "never"])).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, "never");
+    unleased.close().await.unwrap();
     store.close().await.unwrap();
 }
 
