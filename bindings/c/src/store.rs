@@ -69,7 +69,28 @@ pub unsafe extern "C" fn authstate_store_open_ex(
     flags: u32,
     out: *mut *mut authstate_store,
 ) -> authstate_status {
-    status_boundary("authstate_store_open_ex", || {
+    // SAFETY: the caller's contract is this function's.
+    unsafe {
+        open_with("authstate_store_open_ex", url_or_null, flags, out, |_| {
+            Ok(())
+        })
+    }
+}
+
+/// The body of the `authstate_store_open*` functions: checks `out` and `flags`, reads the
+/// configuration from `url_or_null` (or the environment), lets `tweak` set the rest, opens.
+///
+/// # Safety
+///
+/// As `authstate_store_open_ex`.
+unsafe fn open_with(
+    what: &str,
+    url_or_null: *const c_char,
+    flags: u32,
+    out: *mut *mut authstate_store,
+    tweak: impl FnOnce(&mut Config) -> authstate::Result<()>,
+) -> authstate_status {
+    status_boundary(what, || {
         out_arg(out, "out")?;
         if flags & !AUTHSTATE_OPEN_NO_LEASE != 0 {
             return Err(authstate::Error::invalid(format!(
@@ -83,6 +104,7 @@ pub unsafe extern "C" fn authstate_store_open_ex(
             Config::from_url(unsafe { str_arg(url_or_null, "url") }?)?
         };
         config.lease = flags & AUTHSTATE_OPEN_NO_LEASE == 0;
+        tweak(&mut config)?;
         let store = block_on(Store::open(config))??;
         // SAFETY: `out` was checked non-NULL and is writable per the contract.
         unsafe { write_out(out, authstate_store::into_raw(store)) };
@@ -113,29 +135,23 @@ pub unsafe extern "C" fn authstate_store_open_journal(
     journal_path: *const c_char,
     out: *mut *mut authstate_store,
 ) -> authstate_status {
-    status_boundary("authstate_store_open_journal", || {
-        out_arg(out, "out")?;
-        if flags & !AUTHSTATE_OPEN_NO_LEASE != 0 {
-            return Err(authstate::Error::invalid(format!(
-                "unknown flags {flags:#x} (known: AUTHSTATE_OPEN_NO_LEASE)"
-            )));
-        }
-        let mut config = if url_or_null.is_null() {
-            Config::from_env()?
-        } else {
-            // SAFETY: non-NULL, NUL-terminated and borrowed for this call per the contract.
-            Config::from_url(unsafe { str_arg(url_or_null, "url") }?)?
-        };
+    let tweak = |config: &mut Config| {
         // SAFETY: NULL is refused by str_arg; else NUL-terminated and borrowed per the contract.
         let journal = unsafe { str_arg(journal_path, "journal_path") }?;
-        config.lease = flags & AUTHSTATE_OPEN_NO_LEASE == 0;
         config.durability = authstate::Durability::Journal;
         config.journal_path = Some(std::path::PathBuf::from(journal));
-        let store = block_on(Store::open(config))??;
-        // SAFETY: `out` was checked non-NULL and is writable per the contract.
-        unsafe { write_out(out, authstate_store::into_raw(store)) };
         Ok(())
-    })
+    };
+    // SAFETY: the caller's contract is this function's.
+    unsafe {
+        open_with(
+            "authstate_store_open_journal",
+            url_or_null,
+            flags,
+            out,
+            tweak,
+        )
+    }
 }
 
 /// Brings the database schema up to date (applies pending migrations in order, under an
