@@ -180,8 +180,12 @@ impl Session {
             validate::key_id(id)?;
         }
         let mut seen = HashSet::with_capacity(ids.len());
-        // See `get_inner`: when the key directory is authoritative, a key it does not hold is
-        // known absent, so the synchronous path answers it too.
+        // The key directory proves which ids were never stored: those are absent without
+        // asking the database. Always during an outage (only a key that exists but is not in
+        // memory fails), and while this process holds the company's lease: it is then the only
+        // writer, and every commit (its own) keeps the directory exact. Baileys reads absent
+        // keys all the time (the session of every new contact, sender keys of new groups):
+        // over a 20-50 ms link each of those was a round trip.
         let directory_knows = self.wp.outage.is_down() || self.company.holds_lease();
         Ok(ids
             .iter()
@@ -208,21 +212,6 @@ impl Session {
             .into_iter()
             .map(|(id, m)| (id, m.flatten()))
             .collect();
-        // The key directory proves which missing ids were never stored: those are absent,
-        // without asking the database. Always during an outage (only a key that exists but is
-        // not in memory fails), and while this process holds the company's lease: it is then
-        // the only writer, and every commit (its own) keeps the directory exact. Baileys reads
-        // absent keys all the time (the session of every new contact, sender keys of new
-        // groups): over a 20-50 ms link each of those was a round trip.
-        let missing: Vec<&str> = if self.wp.outage.is_down() || self.company.holds_lease() {
-            let dir = self.company.directory();
-            missing
-                .into_iter()
-                .filter(|id| dir.contains(key_type, id) != Some(false))
-                .collect()
-        } else {
-            missing
-        };
         if !missing.is_empty() {
             self.wp.outage.check_reads()?;
             let epoch = self.company.epoch();
