@@ -42,7 +42,7 @@ export interface OpenStoreOptions {
   connectTimeoutMs?: number
   /** Default 30000. */
   statementTimeoutMs?: number
-  /** Most write statements a lane keeps in flight on a slow link (default 8; 1 turns pipelining off). */
+  /** Most write statements a lane keeps in flight on a slow link (default 32; 1 turns pipelining off). */
   pipelineDepth?: number
   /** Send ahead only as far as the link needs (default true); false keeps the full depth. */
   pipelinePacing?: boolean

@@ -378,7 +378,7 @@ impl Config {
             ttl: TtlPolicy::default(),
             group_commit: true,
             write_lanes: 2,
-            pipeline_depth: 8,
+            pipeline_depth: 32,
             pipeline_pacing: true,
             outage_policy: OutagePolicy::Buffer,
             journal_path: None,
