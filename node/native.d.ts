@@ -70,10 +70,24 @@ export declare class NativeSession {
   /** Resolves to `{"id": value, ...}` as JSON text; missing ids are absent. */
   get(keyType: string, ids: Array<string>): Promise<string>
   /**
+   * A `get` answered in parts of up to `part_rows` values as PostgreSQL sends the rows, so
+   * the caller parses the first while the rest arrive (`Session::get_json_parts`). Bad input
+   * throws here.
+   */
+  getParts(keyType: string, ids: Array<string>, partRows: number): NativeGetParts
+  /**
    * `{"type": {"id": value | null}}` as JSON text. Validated and enqueued synchronously
    * (nothing is enqueued when any part is invalid); resolves after the commit.
    */
   set(writesJson: string): Promise<void>
   /** Deletes every key and the creds of the company; ordered like `set`. */
   clear(): Promise<void>
+}
+/** The parts of one `get` (see `NativeSession::get_parts`). */
+export declare class NativeGetParts {
+  /**
+   * Resolves to the next part, `{"id": value, ...}` as JSON text, or null after the last;
+   * rejects when the get failed (then the parts before must be dropped).
+   */
+  next(): Promise<string | null>
 }

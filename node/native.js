@@ -310,7 +310,7 @@ if (!nativeBinding) {
   throw new Error(`Failed to load native binding`)
 }
 
-const { openStore, errorCodes, testError, testPanic, NativeStore, NativeSession } = nativeBinding
+const { openStore, errorCodes, testError, testPanic, NativeStore, NativeSession, NativeGetParts } = nativeBinding
 
 module.exports.openStore = openStore
 module.exports.errorCodes = errorCodes
@@ -318,3 +318,4 @@ module.exports.testError = testError
 module.exports.testPanic = testPanic
 module.exports.NativeStore = NativeStore
 module.exports.NativeSession = NativeSession
+module.exports.NativeGetParts = NativeGetParts

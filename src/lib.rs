@@ -39,7 +39,7 @@ pub use directory::DirectoryStats;
 pub use error::{Error, ErrorKind, Result};
 pub use health::{AlertEvent, HealthReport, MetricsSnapshot, Status};
 pub use lease::LeaseStatus;
-pub use session::Session;
+pub use session::{GetParts, Session};
 pub use store::Store;
 pub use value::{json_object, parse_writes, KeyWrite, StoredValue};
 pub use write::outage::{self, CloseReport, OutageStatus, Unflushed};

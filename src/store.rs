@@ -677,6 +677,9 @@ async fn reap_idle(db: Weak<Db>, idle: Duration) {
     }
 }
 
+/// How long after the store opens it publishes its first process snapshot.
+const FIRST_PUBLISH_AFTER: Duration = Duration::from_millis(500);
+
 /// The store's health watch: samples the pool and judges this process from memory every
 /// `sample_interval` (raising alerts without anyone asking), asks the database every
 /// `db_check_interval`, and publishes the process snapshot every `publish_interval`.
@@ -696,8 +699,11 @@ async fn watch(inner: Weak<Inner>) {
     let start = Instant::now();
     let mut next_sample = start;
     let mut next_db = start + db_every;
-    // The first snapshot at once, so the command-line tool sees a new process right away.
-    let mut next_publish = publish_every.map(|_| start);
+    // The first snapshot soon, so the command-line tool sees a new process within a second,
+    // but not at once: a service's first reads after a restart (its cold gets) would share
+    // the machine with a new connection and the snapshot's statement. Like the key directory
+    // loads, it waits half a second.
+    let mut next_publish = publish_every.map(|_| start + FIRST_PUBLISH_AFTER);
     let mut first_publish = true;
     loop {
         {

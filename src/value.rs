@@ -46,8 +46,8 @@ impl StoredValue {
         // jsonb output is valid JSON: without a buffer candidate, and with numbers as
         // JavaScript writes them (jsonb writes big and tiny ones in plain decimal), it is
         // already canonical.
-        if !codec::may_hold_buffer(text) && !codec::has_noncanonical_number(text) {
-            return Ok(StoredValue(codec::minify_json(text).into()));
+        if let Some(text) = codec::canonical_minified(text) {
+            return Ok(StoredValue(text.into()));
         }
         let mut value: Value = serde_json::from_str(text)
             .map_err(|e| Error::database(format!("stored value is not JSON: {e}")))?;

@@ -205,5 +205,10 @@ proptest! {
         if canon != parsed {
             prop_assert!(authstate::codec::may_hold_buffer(&text));
         }
+        // The one-pass form used on every read answers like the three scans.
+        let three = (!authstate::codec::may_hold_buffer(&text)
+            && !authstate::codec::has_noncanonical_number(&text))
+        .then(|| authstate::codec::minify_json(&text));
+        prop_assert_eq!(authstate::codec::canonical_minified(&text), three, "{}", text);
     }
 }

@@ -760,3 +760,131 @@ async fn a_statement_broken_by_a_type_change_is_prepared_again() {
     assert_eq!(again.len(), 1);
     store.close().await.unwrap();
 }
+
+/// Collects a get answered in parts into one map, or the error that ended it.
+async fn all_parts(
+    mut parts: authstate::GetParts,
+) -> Result<(usize, serde_json::Map<String, serde_json::Value>), authstate::Error> {
+    let mut out = serde_json::Map::new();
+    let mut count = 0;
+    while let Some(part) = parts.next().await {
+        let part: serde_json::Value = serde_json::from_str(&part?).expect("a part is JSON");
+        let serde_json::Value::Object(part) = part else {
+            panic!("a part is an object")
+        };
+        count += 1;
+        for (id, value) in part {
+            assert!(out.insert(id, value).is_none(), "an id came twice");
+        }
+    }
+    Ok((count, out))
+}
+
+/// A get in parts (what Node uses for many ids, so it parses while rows arrive) answers
+/// exactly like the whole get: cached values, database rows in several parts, absent ids
+/// missing, duplicates once; bad input fails before anything runs; what it read is cached.
+#[tokio::test]
+async fn a_get_in_parts_answers_like_the_whole_get() {
+    let (store, url) = common::store_with("parts", |c| c.lease = false).await;
+    let s = store.session("acme").await.unwrap();
+    let writes: Vec<KeyWrite> = (0..250)
+        .map(|i| {
+            let value = json!({"n": i, "b": codec::buffer_node(&[i as u8, 7]), "s": "AAEC"});
+            KeyWrite::put("session", &format!("{i}@s.whatsapp.net:1.0"), v(value)).unwrap()
+        })
+        .collect();
+    s.set(writes).await.unwrap();
+    // A second store: nothing cached, except the ten ids read here.
+    let store2 = authstate::Store::open({
+        let mut c = authstate::Config::from_url(&url).unwrap();
+        c.lease = false;
+        c
+    })
+    .await
+    .unwrap();
+    let s2 = store2.session("acme").await.unwrap();
+    let cached: Vec<String> = (0..10).map(|i| format!("{i}@s.whatsapp.net:1.0")).collect();
+    assert_eq!(s2.get("session", &cached).await.unwrap().len(), 10);
+    let mut asked: Vec<String> = (0..300)
+        .map(|i| format!("{i}@s.whatsapp.net:1.0"))
+        .collect();
+    asked.push("3@s.whatsapp.net:1.0".into()); // a duplicate
+    let whole: serde_json::Value =
+        serde_json::from_str(&s.get_json("session", &asked).await.unwrap()).unwrap();
+    let (count, got) = all_parts(s2.get_json_parts("session", asked.clone(), 16).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 250, "absent ids are missing, the duplicate once");
+    assert_eq!(serde_json::Value::Object(got), whole);
+    assert!(count >= 250 / 16, "{count} parts");
+    // Everything read is cached now: the same get needs no database.
+    assert!(s2.get_json_cached("session", &asked).unwrap().is_some());
+
+    // Bad input is refused before anything runs.
+    for (t, ids) in [
+        ("Bad Type", vec!["1".to_string()]),
+        ("session", vec![String::new()]),
+    ] {
+        let e = s2.get_json_parts(t, ids, 16).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e:?}");
+    }
+    // A database error is the answer's end, never a short answer.
+    let db = common::sql(&url).await;
+    let fresh: Vec<String> = (300..400)
+        .map(|i| format!("{i}@s.whatsapp.net:1.0"))
+        .collect();
+    db.batch_execute("ALTER TABLE whatsapp_keys RENAME TO whatsapp_keys_gone")
+        .await
+        .unwrap();
+    let e = all_parts(s2.get_json_parts("session", fresh, 16).unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Database, "{e:?}");
+    db.batch_execute("ALTER TABLE whatsapp_keys_gone RENAME TO whatsapp_keys")
+        .await
+        .unwrap();
+    store2.close().await.unwrap();
+    store.close().await.unwrap();
+}
+
+/// A row that cannot be read fails a get in parts too, after good parts: the caller sees the
+/// error last and must drop what came before (Node rejects the whole get).
+#[tokio::test]
+async fn a_bad_row_fails_a_get_in_parts() {
+    let url = common::fresh_database("badparts").await;
+    let db = common::sql(&url).await;
+    db.batch_execute(
+        "CREATE TABLE whatsapp_auth (company_id text PRIMARY KEY, creds jsonb, updated_at timestamptz);
+         CREATE TABLE whatsapp_keys (company_id text, key_type text, key_id text, value text,
+             updated_at timestamptz, expires_at timestamptz,
+             UNIQUE (company_id, key_type, key_id));
+         INSERT INTO whatsapp_keys (company_id, key_type, key_id, value)
+             SELECT 'acme', 'session', 'k' || lpad(i::text, 3, '0'), '{\"a\":1}' FROM generate_series(1, 99) i;
+         INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) VALUES ('acme', 'session', 'k050x', NULL);",
+    )
+    .await
+    .unwrap();
+    let mut cfg = authstate::Config::from_url(&url).unwrap();
+    cfg.lease = false;
+    let store = authstate::Store::open(cfg).await.unwrap();
+    let s = store.session("acme").await.unwrap();
+    let mut asked: Vec<String> = (1..100).map(|i| format!("k{i:03}")).collect();
+    asked.push("k050x".into());
+    let mut parts = s.get_json_parts("session", asked, 10).unwrap();
+    let mut good = 0;
+    let e = loop {
+        match parts.next().await {
+            Some(Ok(_)) => good += 1,
+            Some(Err(e)) => break e,
+            None => panic!("a bad row must end the answer with an error"),
+        }
+    };
+    assert!(parts.next().await.is_none(), "nothing after the error");
+    assert_eq!(e.kind(), ErrorKind::Database, "{e:?}");
+    assert!(e.message().contains("session k050x"), "{e}");
+    assert!(
+        good < 10,
+        "{good} good parts: rows after the bad one are not handed out"
+    );
+    store.close().await.unwrap();
+}

@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use authstate::{Config, ErrorKind, OutagePolicy, Session, Store, StoredValue};
@@ -413,6 +414,29 @@ impl NativeSession {
         promise(&env, async move { session.get_json(&key_type, &ids).await })
     }
 
+    /// A `get` answered in parts of up to `part_rows` values as PostgreSQL sends the rows, so
+    /// the caller parses the first while the rest arrive (`Session::get_json_parts`). Bad input
+    /// throws here.
+    #[napi(catch_unwind)]
+    pub fn get_parts(
+        &self,
+        env: Env,
+        key_type: String,
+        ids: Vec<String>,
+        part_rows: u32,
+    ) -> napi::Result<NativeGetParts> {
+        let parts = sync(
+            &env,
+            within_runtime_if_available(|| {
+                self.session
+                    .get_json_parts(&key_type, ids, part_rows as usize)
+            }),
+        )?;
+        Ok(NativeGetParts {
+            parts: Arc::new(tokio::sync::Mutex::new(parts)),
+        })
+    }
+
     /// `{"type": {"id": value | null}}` as JSON text. Validated and enqueued synchronously
     /// (nothing is enqueued when any part is invalid); resolves after the commit.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
@@ -432,6 +456,26 @@ impl NativeSession {
             within_runtime_if_available(|| self.session.clear_begin()),
         )?;
         promise(&env, async move { ticket.wait().await })
+    }
+}
+
+/// The parts of one `get` (see `NativeSession::get_parts`).
+#[napi]
+pub struct NativeGetParts {
+    parts: Arc<tokio::sync::Mutex<authstate::GetParts>>,
+}
+
+#[napi]
+impl NativeGetParts {
+    /// Resolves to the next part, `{"id": value, ...}` as JSON text, or null after the last;
+    /// rejects when the get failed (then the parts before must be dropped).
+    #[napi(catch_unwind, ts_return_type = "Promise<string | null>")]
+    pub fn next(&self, env: Env) -> napi::Result<JsObject> {
+        let parts = self.parts.clone();
+        promise(
+            &env,
+            async move { parts.lock().await.next().await.transpose() },
+        )
     }
 }
 

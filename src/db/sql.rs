@@ -89,13 +89,62 @@ pub(crate) async fn get_keys(
         }
     }
     if !bad.is_empty() {
-        return Err(Error::database(format!(
-            "company {company}: {} stored key(s) cannot be read ({}); the other keys are intact",
-            bad.len(),
-            bad.join("; ")
-        )));
+        return Err(bad_rows(company, &bad));
     }
     Ok(found)
+}
+
+fn bad_rows(company: &str, bad: &[String]) -> Error {
+    Error::database(format!(
+        "company {company}: {} stored key(s) cannot be read ({}); the other keys are intact",
+        bad.len(),
+        bad.join("; ")
+    ))
+}
+
+/// [`get_keys`] of several ids with the rows handed to `part` as they arrive, in groups of
+/// `part_rows` (the last one smaller), so a caller can use the first rows while PostgreSQL
+/// still sends the rest. A row that cannot be read fails the call like in [`get_keys`], after
+/// the groups before it were handed over: the caller must then drop them all.
+pub(crate) async fn get_keys_in_parts(
+    client: &impl GenericClient,
+    company: &str,
+    key_type: &str,
+    ids: &[&str],
+    part_rows: usize,
+    mut part: impl FnMut(Vec<(String, StoredValue)>) -> Result<()>,
+) -> Result<()> {
+    use futures_util::TryStreamExt;
+    let named = |e: tokio_postgres::Error| name_rows(e.into(), company, key_type, ids);
+    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] = [
+        (&company, Type::TEXT),
+        (&key_type, Type::TEXT),
+        (&ids, Type::TEXT_ARRAY),
+    ];
+    let rows = client
+        .query_typed_raw(GET_KEYS.text, params)
+        .await
+        .map_err(named)?;
+    futures_util::pin_mut!(rows);
+    let part_rows = part_rows.max(1);
+    let mut group = Vec::with_capacity(part_rows);
+    let mut bad = Vec::new();
+    while let Some(row) = rows.try_next().await.map_err(named)? {
+        match key_row(&row) {
+            Ok(kv) => group.push(kv),
+            Err((id, e)) => bad.push(format!("{key_type} {id}: {}", e.message())),
+        }
+        if group.len() == part_rows && bad.is_empty() {
+            part(std::mem::replace(&mut group, Vec::with_capacity(part_rows)))?;
+        }
+    }
+    if !bad.is_empty() {
+        return Err(bad_rows(company, &bad));
+    }
+    if !group.is_empty() {
+        part(group)?;
+    }
+    Ok(())
 }
 
 /// Names what was read when the server refused a row (e.g. a text column holding non-JSON).

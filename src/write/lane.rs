@@ -66,7 +66,7 @@ pub(super) async fn run(wp: Arc<WritePath>, mut rx: mpsc::UnboundedReceiver<Requ
     }
 }
 
-pub(super) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())

@@ -17,6 +17,7 @@
 pub(crate) mod commit;
 mod journal_mode;
 mod lane;
+pub(crate) use lane::panic_text;
 pub(crate) mod merge;
 pub mod outage;
 
