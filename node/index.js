@@ -148,24 +148,27 @@ async function reviveValues (type, out) {
 const isPlainObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v) &&
   !(v instanceof Uint8Array)
 
-// {type: {id: value|null}} -> JSON text, each value checked on its own so the error names it.
+// {type: {id: value|null}} -> [types, ids, values]: parallel lists, each value as its own JSON
+// text (null deletes), checked on its own so the error names it. The core keeps text that is
+// canonical as written without parsing it again.
 // `undefined` deletes, like null (what Baileys' own stores do with a falsy value).
-function writesToJSON (data) {
+function writesToLists (data) {
   if (!isPlainObject(data)) throw invalid('set: the argument must be an object {type: {id: value | null}}')
-  const parts = []
+  const types = []
+  const ids = []
+  const values = []
   for (const type of Object.keys(data)) {
     const entries = data[type]
     if (entries === null || entries === undefined) continue
     if (!isPlainObject(entries)) throw invalid(`set: data[${JSON.stringify(type)}] must be an object {id: value | null}`)
-    const items = []
     for (const id of Object.keys(entries)) {
       const v = entries[id]
-      const text = v === null || v === undefined ? 'null' : stringify(v, `set: value of ${type}/${id}`)
-      items.push(JSON.stringify(id) + ':' + text)
+      types.push(type)
+      ids.push(id)
+      values.push(v === null || v === undefined ? null : stringify(v, `set: value of ${type}/${id}`))
     }
-    parts.push(JSON.stringify(type) + ':{' + items.join(',') + '}')
   }
-  return '{' + parts.join(',') + '}'
+  return [types, ids, values]
 }
 
 // Runs a native call: synchronous throws and rejections both come out as coded errors.
@@ -279,7 +282,8 @@ class Session {
   set (data) {
     return this._track(call(() => {
       this._check()
-      return this._native.set(writesToJSON(data))
+      const [types, ids, values] = writesToLists(data)
+      return this._native.set(types, ids, values)
     }))
   }
 

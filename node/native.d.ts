@@ -76,10 +76,12 @@ export declare class NativeSession {
    */
   getParts(keyType: string, ids: Array<string>, partRows: number): NativeGetParts
   /**
-   * `{"type": {"id": value | null}}` as JSON text. Validated and enqueued synchronously
-   * (nothing is enqueued when any part is invalid); resolves after the commit.
+   * Baileys' `keys.set` as parallel lists: `types[i]`/`ids[i]` gets `values[i]` (JSON text)
+   * or is deleted (null). One text per value, so each takes the core's fast path for text
+   * that is canonical as written. Validated and enqueued synchronously (nothing is enqueued
+   * when any part is invalid); resolves after the commit.
    */
-  set(writesJson: string): Promise<void>
+  set(types: Array<string>, ids: Array<string>, values: Array<string | undefined | null>): Promise<void>
   /** Deletes every key and the creds of the company; ordered like `set`. */
   clear(): Promise<void>
 }

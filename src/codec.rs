@@ -278,6 +278,20 @@ pub fn minify_json(json: &str) -> String {
 /// are needed). Every read of a stored value goes through it: three passes over the text were
 /// a visible part of a 1,000-key read.
 pub fn canonical_minified(json: &str) -> Option<String> {
+    scan_canonical(json, false)
+}
+
+/// Like [`canonical_minified`], but canonical buffer nodes written exactly as
+/// `{"type":"Buffer","data":"<standard base64>"}` (what the Node binding and Baileys'
+/// `BufferJSON.replacer` write) pass as they are: the fast path of a write, for valid JSON
+/// text (see `StoredValue::from_json`).
+pub fn canonical_as_written(json: &str) -> Option<String> {
+    scan_canonical(json, true)
+}
+
+const CANONICAL_BUFFER_HEAD: &[u8] = br#"{"type":"Buffer","data":""#;
+
+fn scan_canonical(json: &str, buffers_as_written: bool) -> Option<String> {
     let b = json.as_bytes();
     let mut out = String::with_capacity(json.len());
     let mut i = 0;
@@ -290,6 +304,14 @@ pub fn canonical_minified(json: &str) -> Option<String> {
                     return None;
                 }
                 i = end + 1;
+            }
+            b'{' if buffers_as_written && b[i..].starts_with(CANONICAL_BUFFER_HEAD) => {
+                let data = i + CANONICAL_BUFFER_HEAD.len();
+                let end = string_end(b, data);
+                if b.get(end + 1) != Some(&b'}') || STANDARD.decode(&b[data..end]).is_err() {
+                    return None;
+                }
+                i = end + 2;
             }
             b'{' => {
                 // The first pair decides whether an object may be a numeric-key buffer (see
@@ -327,6 +349,82 @@ pub fn canonical_minified(json: &str) -> Option<String> {
     }
     out.push_str(&json[start.min(json.len())..]);
     Some(out)
+}
+
+/// Valid JSON without a repeated key in any object: what a write's fast path needs to know
+/// before it keeps a value's text as it is (a repeated key would be kept in the text while
+/// PostgreSQL keeps only the last). Deserializing it checks exactly that, allocating nothing
+/// but one list of keys per object being read.
+pub struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> std::result::Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<UniqueKeys, A::Error> {
+        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<UniqueKeys, A::Error> {
+        let mut keys: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+        let mut set: Option<std::collections::HashSet<std::borrow::Cow<'de, str>>> = None;
+        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            map.next_value::<UniqueKeys>()?;
+            // A list for the small objects of Signal records, a set past 16 keys.
+            let repeated = match &mut set {
+                Some(set) => !set.insert(k),
+                None if keys.len() < 16 => {
+                    let r = keys.contains(&k);
+                    keys.push(k);
+                    r
+                }
+                None => {
+                    let mut all: std::collections::HashSet<_> = keys.drain(..).collect();
+                    let r = !all.insert(k);
+                    set = Some(all);
+                    r
+                }
+            };
+            if repeated {
+                return Err(serde::de::Error::custom("a key is repeated in an object"));
+            }
+        }
+        Ok(UniqueKeys)
+    }
 }
 
 fn is_buffer_word(s: &[u8]) -> bool {

@@ -41,6 +41,6 @@ pub use health::{AlertEvent, HealthReport, MetricsSnapshot, Status};
 pub use lease::LeaseStatus;
 pub use session::{GetParts, Session};
 pub use store::Store;
-pub use value::{json_object, parse_writes, KeyWrite, StoredValue};
+pub use value::{json_object, parse_writes, writes_from_texts, KeyWrite, StoredValue};
 pub use write::outage::{self, CloseReport, OutageStatus, Unflushed};
 pub use write::WriteTicket;

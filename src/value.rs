@@ -26,8 +26,27 @@ impl StoredValue {
         if text.len() > validate::MAX_VALUE_BYTES * 4 {
             return Err(too_big(text.len()));
         }
+        if let Some(v) = StoredValue::canonical_as_given(text) {
+            return Ok(v);
+        }
         let value: Value = serde_json::from_str(text)?;
         StoredValue::from_value(value)
+    }
+
+    /// The fast path of [`StoredValue::from_json`]: text that is canonical as written (what
+    /// the Node binding sends for Baileys' values: compact, buffers canonical, numbers as
+    /// JavaScript writes them, no escapes) is kept as it is after one validating pass and one
+    /// scan, instead of being parsed into a tree, canonicalized and written out again (most of
+    /// the addon's own CPU per `set`). Escapes go the slow way: the tree's writer may spell
+    /// them otherwise, and a value's text must not depend on the way it took.
+    fn canonical_as_given(text: &str) -> Option<StoredValue> {
+        if text.len() > validate::MAX_VALUE_BYTES
+            || memchr::memchr(b'\\', text.as_bytes()).is_some()
+        {
+            return None;
+        }
+        serde_json::from_str::<codec::UniqueKeys>(text).ok()?;
+        codec::canonical_as_written(text).map(|t| StoredValue(t.into()))
     }
 
     /// Canonicalizes a JSON tree and checks the size bound.
@@ -175,6 +194,48 @@ pub fn parse_writes(json: &str) -> Result<Vec<KeyWrite>> {
     Ok(writes)
 }
 
+/// Writes from parallel lists (type, id, value as JSON text or `None` to delete), as a binding
+/// passes Baileys' `keys.set` without wrapping it in one JSON document: each value's text then
+/// takes [`StoredValue::from_json`]'s fast path on its own. An error names the key.
+pub fn writes_from_texts(
+    types: &[String],
+    ids: &[String],
+    values: Vec<Option<String>>,
+) -> Result<Vec<KeyWrite>> {
+    if types.len() != ids.len() || ids.len() != values.len() {
+        return Err(Error::invalid(format!(
+            "set: {} types, {} ids and {} values do not pair up",
+            types.len(),
+            ids.len(),
+            values.len()
+        )));
+    }
+    if ids.len() > validate::MAX_KEYS_PER_SET {
+        return Err(Error::invalid(format!(
+            "set: more than {} keys in one call",
+            validate::MAX_KEYS_PER_SET
+        )));
+    }
+    types
+        .iter()
+        .zip(ids)
+        .zip(values)
+        .map(|((key_type, key_id), value)| {
+            let value = match value {
+                None => None,
+                Some(text) => Some(StoredValue::from_json(&text).map_err(|e| {
+                    e.context(format!(
+                        "set: value of {}/{}",
+                        validate::truncate(key_type, 80),
+                        validate::truncate(key_id, 80)
+                    ))
+                })?),
+            };
+            KeyWrite::new(key_type, key_id, value)
+        })
+        .collect()
+}
+
 /// `{"id": value, ...}` text from `(id, value)` pairs, in their order, without re-encoding the
 /// values (they are JSON text already): what a `get` hands to the bindings.
 pub fn json_object(found: &[(String, StoredValue)]) -> Result<String> {
@@ -199,6 +260,34 @@ pub fn json_object(found: &[(String, StoredValue)]) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn text_kept_as_written_equals_what_the_tree_makes_of_it() {
+        for text in [
+            r#"{"private":{"type":"Buffer","data":"AQID"},"public":{"type":"Buffer","data":""}}"#,
+            r#"{"_sessions":{"BQ==":{"n":5,"x":[1,2.5,-3]}},"version":"v1"}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"s":"\u0041\n"}"#,
+            r#"{"type":"Buffer","data":"AR=="}"#,
+            r#"{"type":"Buffer","data":[1,2]}"#,
+            r#"{"type":"Buffer","data":"AQID","x":1}"#,
+            r#"{"0":1,"1":2}"#,
+            r#"{"n":1.0,"m":-0}"#,
+            r#" [ 1 , "x" ] "#,
+            r#""Buffer""#,
+            "[1,",
+        ] {
+            let fast = StoredValue::from_json(text);
+            let slow = serde_json::from_str::<Value>(text)
+                .map_err(Error::from)
+                .and_then(StoredValue::from_value);
+            match (fast, slow) {
+                (Ok(a), Ok(b)) => assert_eq!(a.as_str(), b.as_str(), "{text}"),
+                (Err(a), Err(b)) => assert_eq!(a.kind(), b.kind(), "{text}"),
+                (a, b) => panic!("{a:?} vs {b:?} for {text}"),
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

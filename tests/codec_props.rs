@@ -205,6 +205,16 @@ proptest! {
         if canon != parsed {
             prop_assert!(authstate::codec::may_hold_buffer(&text));
         }
+        // A write keeps canonical text as written: exactly what the tree way makes of it.
+        let fast = StoredValue::from_json(&text);
+        let slow = serde_json::from_str::<Value>(&text)
+            .map_err(authstate::Error::from)
+            .and_then(StoredValue::from_value);
+        match (fast, slow) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a.as_str(), b.as_str()),
+            (Err(a), Err(b)) => prop_assert_eq!(a.kind(), b.kind()),
+            (a, b) => prop_assert!(false, "{:?} vs {:?} for {}", a, b, text),
+        }
         // The one-pass form used on every read answers like the three scans.
         let three = (!authstate::codec::may_hold_buffer(&text)
             && !authstate::codec::has_noncanonical_number(&text))

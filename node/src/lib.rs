@@ -437,13 +437,22 @@ impl NativeSession {
         })
     }
 
-    /// `{"type": {"id": value | null}}` as JSON text. Validated and enqueued synchronously
-    /// (nothing is enqueued when any part is invalid); resolves after the commit.
+    /// Baileys' `keys.set` as parallel lists: `types[i]`/`ids[i]` gets `values[i]` (JSON text)
+    /// or is deleted (null). One text per value, so each takes the core's fast path for text
+    /// that is canonical as written. Validated and enqueued synchronously (nothing is enqueued
+    /// when any part is invalid); resolves after the commit.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn set(&self, env: Env, writes_json: String) -> napi::Result<JsObject> {
+    pub fn set(
+        &self,
+        env: Env,
+        types: Vec<String>,
+        ids: Vec<String>,
+        values: Vec<Option<String>>,
+    ) -> napi::Result<JsObject> {
         let ticket = sync(
             &env,
-            within_runtime_if_available(|| self.session.set_json_begin(&writes_json)),
+            authstate::writes_from_texts(&types, &ids, values)
+                .and_then(|writes| within_runtime_if_available(|| self.session.set_begin(writes))),
         )?;
         promise(&env, async move { ticket.wait().await })
     }
