@@ -219,6 +219,38 @@ async function main () {
         async done () { await this.store.close() }
       },
       {
+        // Not a store: Baileys' calls answered from a Map of references, nothing serialized or
+        // kept. Its rows are the ceiling of this benchmark on this machine (the load generator's
+        // own JavaScript), to read the others' figures against.
+        name: 'in-memory ceiling',
+        writesOnly: true,
+        async init () { this.maps = new Map() },
+        open (c) {
+          if (!this.maps.has(c)) this.maps.set(c, new Map())
+          const m = this.maps.get(c)
+          const keys = {
+            async get (type, ids) {
+              const out = {}
+              for (const id of ids) {
+                const v = m.get(`${type}/${id}`)
+                if (v !== undefined) out[id] = v
+              }
+              return out
+            },
+            async set (data) {
+              for (const type of Object.keys(data)) {
+                for (const [id, v] of Object.entries(data[type] || {})) {
+                  if (v == null) m.delete(`${type}/${id}`)
+                  else m.set(`${type}/${id}`, v)
+                }
+              }
+            }
+          }
+          return { state: { creds: {}, keys }, saveCreds: async () => {} }
+        },
+        async done () {}
+      },
+      {
         name: 'reference-pg',
         async init () { this.use = makeReference(pool, B) },
         open (c) { return this.use(c) },
@@ -246,7 +278,7 @@ async function main () {
     // BENCH_IMPLS=addon,reference-pg runs only those (e.g. to profile one of them).
     const only = (process.env.BENCH_IMPLS || '').split(',').filter(Boolean)
     if (only.length) impls.splice(0, impls.length, ...impls.filter((i) => only.includes(i.name)))
-    if (!impls.some((i) => !i.writesOnly)) throw new Error('BENCH_IMPLS: name at least one implementation besides addon-journal')
+    if (!impls.some((i) => !i.writesOnly)) throw new Error('BENCH_IMPLS: name at least one implementation besides addon-journal and the in-memory ceiling')
     for (const impl of impls) await impl.init()
 
     // 1. the 812-pre-key set (first connect)
