@@ -163,25 +163,7 @@ fn write_js_number<W: ?Sized + std::io::Write>(w: &mut W, x: f64) -> std::io::Re
 /// the text needs a parse and re-write to be canonical. PostgreSQL's `jsonb` gives numbers back
 /// in plain decimal (`4.049e+42` comes back with all 43 digits, `1e-7` as `0.0000001`).
 pub fn has_noncanonical_number(json: &str) -> bool {
-    let b = json.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'"' => i = string_end(b, i + 1) + 1,
-            b'-' | b'0'..=b'9' => {
-                let start = i;
-                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-                {
-                    i += 1;
-                }
-                if !is_canonical_number(&json[start..i]) {
-                    return true;
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    false
+    scan(json, Scan::NUMBERS).is_none()
 }
 
 /// Whether a JSON number token is already written as JavaScript writes its double.
@@ -212,64 +194,15 @@ fn is_canonical_number(token: &str) -> bool {
 /// Lets reads of stored values without buffers (libsignal session records) skip a parse and a
 /// re-encode. Only for text known to be valid JSON, such as PostgreSQL's `jsonb` output.
 pub fn may_hold_buffer(json: &str) -> bool {
-    let b = json.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'"' => {
-                let end = string_end(b, i + 1);
-                if is_buffer_word(&b[i + 1..end]) {
-                    return true;
-                }
-                i = end + 1;
-            }
-            b'{' => {
-                let k = skip_ws(b, i + 1);
-                if k < b.len() && b[k] == b'"' {
-                    let end = string_end(b, k + 1);
-                    let key = &b[k + 1..end];
-                    if is_buffer_word(key) {
-                        return true;
-                    }
-                    if key_may_parse_int(key) {
-                        let colon = skip_ws(b, end + 1);
-                        let v = skip_ws(b, colon + 1);
-                        if v < b.len() && (b[v] == b'-' || b[v].is_ascii_digit()) {
-                            return true;
-                        }
-                    }
-                    i = end + 1;
-                } else {
-                    i = k;
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    false
+    scan(json, Scan::BUFFERS).is_none()
 }
 
 /// Valid JSON text without the white space between tokens, as `serde_json` writes it; what a
 /// value read from `jsonb` (which writes `", "` and `": "`) looks like when handed out, so the
 /// text of a value does not depend on whether it came from the cache or the database.
 pub fn minify_json(json: &str) -> String {
-    let b = json.as_bytes();
-    let mut out = String::with_capacity(json.len());
-    let mut i = 0;
-    let mut start = 0;
-    while i < b.len() {
-        match b[i] {
-            b'"' => i = string_end(b, i + 1) + 1,
-            b' ' | b'\t' | b'\n' | b'\r' => {
-                out.push_str(&json[start..i]);
-                i += 1;
-                start = i;
-            }
-            _ => i += 1,
-        }
-    }
-    out.push_str(&json[start.min(json.len())..]);
-    out
+    // Without checks the scan always answers.
+    scan(json, Scan::MINIFY).unwrap_or_default()
 }
 
 /// The text a value read from `jsonb` is handed out as, in one pass, when it is canonical
@@ -278,7 +211,7 @@ pub fn minify_json(json: &str) -> String {
 /// are needed). Every read of a stored value goes through it: three passes over the text were
 /// a visible part of a 1,000-key read.
 pub fn canonical_minified(json: &str) -> Option<String> {
-    scan_canonical(json, false)
+    scan(json, Scan::READ)
 }
 
 /// Like [`canonical_minified`], but canonical buffer nodes written exactly as
@@ -286,26 +219,73 @@ pub fn canonical_minified(json: &str) -> Option<String> {
 /// `BufferJSON.replacer` write) pass as they are: the fast path of a write, for valid JSON
 /// text (see `StoredValue::from_json`).
 pub fn canonical_as_written(json: &str) -> Option<String> {
-    scan_canonical(json, true)
+    scan(json, Scan::WRITE)
 }
 
 const CANONICAL_BUFFER_HEAD: &[u8] = br#"{"type":"Buffer","data":""#;
 
-fn scan_canonical(json: &str, buffers_as_written: bool) -> Option<String> {
+/// What one [`scan`] of JSON text checks and makes.
+#[derive(Clone, Copy)]
+struct Scan {
+    /// Fail on a buffer candidate (see [`may_hold_buffer`]).
+    buffers: bool,
+    /// ... except canonical buffer nodes written exactly as `{"type":"Buffer","data":"…"}`.
+    buffers_as_written: bool,
+    /// Fail on a number not written as JavaScript writes it.
+    numbers: bool,
+    /// Make the text without white space between tokens.
+    minify: bool,
+}
+
+impl Scan {
+    const BUFFERS: Scan = Scan {
+        buffers: true,
+        buffers_as_written: false,
+        numbers: false,
+        minify: false,
+    };
+    const NUMBERS: Scan = Scan {
+        buffers: false,
+        buffers_as_written: false,
+        numbers: true,
+        minify: false,
+    };
+    const MINIFY: Scan = Scan {
+        buffers: false,
+        buffers_as_written: false,
+        numbers: false,
+        minify: true,
+    };
+    const READ: Scan = Scan {
+        buffers: true,
+        buffers_as_written: false,
+        numbers: true,
+        minify: true,
+    };
+    const WRITE: Scan = Scan {
+        buffers_as_written: true,
+        ..Scan::READ
+    };
+}
+
+/// The one pass over JSON text behind [`may_hold_buffer`], [`has_noncanonical_number`],
+/// [`minify_json`], [`canonical_minified`] and [`canonical_as_written`]: `None` as soon as a
+/// check of `how` fails, else the text (made compact when `how.minify`, else empty).
+fn scan(json: &str, how: Scan) -> Option<String> {
     let b = json.as_bytes();
-    let mut out = String::with_capacity(json.len());
+    let mut out = String::with_capacity(if how.minify { json.len() } else { 0 });
     let mut i = 0;
     let mut start = 0;
     while i < b.len() {
         match b[i] {
             b'"' => {
                 let end = string_end(b, i + 1);
-                if is_buffer_word(&b[i + 1..end]) {
+                if how.buffers && is_buffer_word(&b[i + 1..end]) {
                     return None;
                 }
                 i = end + 1;
             }
-            b'{' if buffers_as_written && b[i..].starts_with(CANONICAL_BUFFER_HEAD) => {
+            b'{' if how.buffers_as_written && b[i..].starts_with(CANONICAL_BUFFER_HEAD) => {
                 let data = i + CANONICAL_BUFFER_HEAD.len();
                 let end = string_end(b, data);
                 if b.get(end + 1) != Some(&b'}') || STANDARD.decode(&b[data..end]).is_err() {
@@ -313,7 +293,7 @@ fn scan_canonical(json: &str, buffers_as_written: bool) -> Option<String> {
                 }
                 i = end + 2;
             }
-            b'{' => {
+            b'{' if how.buffers => {
                 // The first pair decides whether an object may be a numeric-key buffer (see
                 // `may_hold_buffer`); its key is then scanned like any string.
                 let k = skip_ws(b, i + 1);
@@ -329,7 +309,7 @@ fn scan_canonical(json: &str, buffers_as_written: bool) -> Option<String> {
                 }
                 i += 1;
             }
-            b'-' | b'0'..=b'9' => {
+            b'-' | b'0'..=b'9' if how.numbers => {
                 let token = i;
                 while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
                 {
@@ -339,7 +319,7 @@ fn scan_canonical(json: &str, buffers_as_written: bool) -> Option<String> {
                     return None;
                 }
             }
-            b' ' | b'\t' | b'\n' | b'\r' => {
+            b' ' | b'\t' | b'\n' | b'\r' if how.minify => {
                 out.push_str(&json[start..i]);
                 i += 1;
                 start = i;
@@ -347,7 +327,9 @@ fn scan_canonical(json: &str, buffers_as_written: bool) -> Option<String> {
             _ => i += 1,
         }
     }
-    out.push_str(&json[start.min(json.len())..]);
+    if how.minify {
+        out.push_str(&json[start.min(json.len())..]);
+    }
     Some(out)
 }
 

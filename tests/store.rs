@@ -584,19 +584,15 @@ async fn dropping_the_store_without_close_frees_it_and_keeps_queued_writes() {
 async fn bad_rows_of_hand_made_tables_are_typed_errors_naming_the_row() {
     let url = common::fresh_database("badrows").await;
     let db = common::sql(&url).await;
-    db.batch_execute(
-        "CREATE TABLE whatsapp_auth (company_id text PRIMARY KEY, creds jsonb, updated_at timestamptz);
-         CREATE TABLE whatsapp_keys (company_id text, key_type text, key_id text, value text,
-             updated_at timestamptz, expires_at timestamptz,
-             UNIQUE (company_id, key_type, key_id));
-         INSERT INTO whatsapp_auth VALUES ('nullcreds', NULL, now());
+    hand_made_tables(
+        &db,
+        "INSERT INTO whatsapp_auth VALUES ('nullcreds', NULL, now());
          INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) VALUES
              ('acme', 'session', 'good', '{\"a\":1}'),
              ('acme', 'session', 'null', NULL),
              ('acme', 'session', 'notjson', 'not json at all');",
     )
-    .await
-    .unwrap();
+    .await;
     // Not migrated, so no lease table: this reads the adopted tables with the lease off.
     let mut cfg = authstate::Config::from_url(&url).unwrap();
     cfg.lease = false;
@@ -853,17 +849,13 @@ async fn a_get_in_parts_answers_like_the_whole_get() {
 async fn a_bad_row_fails_a_get_in_parts() {
     let url = common::fresh_database("badparts").await;
     let db = common::sql(&url).await;
-    db.batch_execute(
-        "CREATE TABLE whatsapp_auth (company_id text PRIMARY KEY, creds jsonb, updated_at timestamptz);
-         CREATE TABLE whatsapp_keys (company_id text, key_type text, key_id text, value text,
-             updated_at timestamptz, expires_at timestamptz,
-             UNIQUE (company_id, key_type, key_id));
-         INSERT INTO whatsapp_keys (company_id, key_type, key_id, value)
+    hand_made_tables(
+        &db,
+        "INSERT INTO whatsapp_keys (company_id, key_type, key_id, value)
              SELECT 'acme', 'session', 'k' || lpad(i::text, 3, '0'), '{\"a\":1}' FROM generate_series(1, 99) i;
          INSERT INTO whatsapp_keys (company_id, key_type, key_id, value) VALUES ('acme', 'session', 'k050x', NULL);",
     )
-    .await
-    .unwrap();
+    .await;
     let mut cfg = authstate::Config::from_url(&url).unwrap();
     cfg.lease = false;
     let store = authstate::Store::open(cfg).await.unwrap();
@@ -887,4 +879,18 @@ async fn a_bad_row_fails_a_get_in_parts() {
         "{good} good parts: rows after the bad one are not handed out"
     );
     store.close().await.unwrap();
+}
+
+/// Tables made by hand as production's were (a `text` value column, NULLs allowed), not
+/// migrated, with the rows of `inserts`.
+async fn hand_made_tables(db: &tokio_postgres::Client, inserts: &str) {
+    db.batch_execute(&format!(
+        "CREATE TABLE whatsapp_auth (company_id text PRIMARY KEY, creds jsonb, updated_at timestamptz);
+         CREATE TABLE whatsapp_keys (company_id text, key_type text, key_id text, value text,
+             updated_at timestamptz, expires_at timestamptz,
+             UNIQUE (company_id, key_type, key_id));
+         {inserts}"
+    ))
+    .await
+    .unwrap();
 }
