@@ -309,7 +309,8 @@ impl Session {
     ///
     /// Bad input fails here, before anything runs. The answer is the same as `get_json`'s
     /// (ids in another order); a failure arrives as the last part, after which the parts
-    /// before it must be dropped. Must be called within a tokio runtime (it spawns the read).
+    /// before it must be dropped. It spawns the read on the current tokio runtime; outside one it
+    /// fails with `INTERNAL`.
     pub fn get_json_parts(
         &self,
         key_type: &str,
@@ -318,10 +319,13 @@ impl Session {
     ) -> Result<GetParts> {
         self.check_open()?;
         validate_get(key_type, &ids)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::internal("Session::get_json_parts must be called within a tokio runtime")
+        })?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let session = self.clone();
         let key_type = key_type.to_string();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             use futures_util::FutureExt;
             let started = Instant::now();
             let read = session.get_parts_inner(&key_type, &ids, part_rows, &tx);

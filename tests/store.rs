@@ -816,6 +816,14 @@ async fn a_get_in_parts_answers_like_the_whole_get() {
     // Everything read is cached now: the same get needs no database.
     assert!(s2.get_json_cached("session", &asked).unwrap().is_some());
 
+    // Outside a tokio runtime it refuses (it has nowhere to run the read), never panics.
+    let outside = {
+        let s2 = s2.clone();
+        std::thread::spawn(move || s2.get_json_parts("session", ids(&["1"]), 16).map(|_| ()))
+            .join()
+            .expect("no panic")
+    };
+    assert_eq!(outside.unwrap_err().kind(), ErrorKind::Internal);
     // Bad input is refused before anything runs.
     for (t, ids) in [
         ("Bad Type", vec!["1".to_string()]),
