@@ -238,29 +238,29 @@ struct Scan {
 }
 
 impl Scan {
+    const NOTHING: Scan = Scan {
+        buffers: false,
+        buffers_as_written: false,
+        numbers: false,
+        minify: false,
+    };
     const BUFFERS: Scan = Scan {
         buffers: true,
-        buffers_as_written: false,
-        numbers: false,
-        minify: false,
+        ..Scan::NOTHING
     };
     const NUMBERS: Scan = Scan {
-        buffers: false,
-        buffers_as_written: false,
         numbers: true,
-        minify: false,
+        ..Scan::NOTHING
     };
     const MINIFY: Scan = Scan {
-        buffers: false,
-        buffers_as_written: false,
-        numbers: false,
         minify: true,
+        ..Scan::NOTHING
     };
     const READ: Scan = Scan {
         buffers: true,
-        buffers_as_written: false,
         numbers: true,
         minify: true,
+        ..Scan::NOTHING
     };
     const WRITE: Scan = Scan {
         buffers_as_written: true,

@@ -204,50 +204,19 @@ impl Session {
             .map(|(id, m)| (id, m.flatten()))
             .collect();
         if !missing.is_empty() {
-            self.wp.outage.check_reads()?;
-            let epoch = self.company.epoch();
-            let company = &*self.company.id;
-            let db = &self.wp.db;
-            let read = self
-                .read("read keys", async |c| {
-                    let how = db.stmts(&c.statement_cache);
-                    sql::get_keys(&***c, how, company, key_type, &missing).await
-                })
-                .await;
-            let (rows, from_db) = match read {
-                Ok(rows) => (rows, true),
-                // The read that meets the failure (the outage has begun, see `read`) is
-                // answered like every read after it: keys the directory proves were never
-                // stored are absent; a stored key that is not in memory still fails.
-                Err(e) if e.is_unavailable() => {
-                    let dir = self.company.directory();
-                    if missing
-                        .iter()
-                        .all(|id| dir.contains(key_type, id) == Some(false))
-                    {
-                        (Vec::new(), false)
-                    } else {
-                        return Err(e);
+            if let Some(fill) = self
+                .read_missing(key_type, &missing, usize::MAX, |_| Ok(()))
+                .await?
+            {
+                let found: std::collections::HashMap<&str, &StoredValue> =
+                    fill.found.iter().map(|(id, v)| (id.as_str(), v)).collect();
+                for slot in known.iter_mut() {
+                    if slot.1.is_none() {
+                        slot.1 = found.get(slot.0).map(|v| (*v).clone());
                     }
                 }
-                Err(e) => return Err(e),
-            };
-            let found: std::collections::HashMap<String, StoredValue> = rows.into_iter().collect();
-            let fill_cache = from_db && self.company.epoch() == epoch;
-            for slot in known.iter_mut() {
-                if slot.1.is_none() {
-                    if let Some(v) = found.get(slot.0) {
-                        slot.1 = Some(v.clone());
-                    }
-                }
-            }
-            if fill_cache {
-                for id in &missing {
-                    self.wp.cache.put(
-                        cache::key_of(&self.company.id, key_type, id),
-                        found.get(*id).cloned(),
-                    );
-                }
+                drop(found);
+                self.fill_cache(key_type, fill);
             }
         }
         Ok(known
@@ -388,14 +357,31 @@ impl Session {
         if missing.is_empty() {
             return Ok(None);
         }
+        self.read_missing(key_type, &missing, part_rows, send).await
+    }
+
+    /// Reads `missing` ids from the database (see `sql::get_keys`), handing each group of rows
+    /// to `on_part` as it arrives; returns what to cache. `Ok(None)`: the read met a failure
+    /// before it handed anything out and the key directory proves none of these keys was ever
+    /// stored, so they are absent (the read that starts an outage is answered like every read
+    /// after it); a stored key that is not in memory still fails.
+    async fn read_missing(
+        &self,
+        key_type: &str,
+        missing: &[&str],
+        part_rows: usize,
+        mut on_part: impl FnMut(&[(String, StoredValue)]) -> Result<()>,
+    ) -> Result<Option<CacheFill>> {
         self.wp.outage.check_reads()?;
         let epoch = self.company.epoch();
         let company = &*self.company.id;
+        let db = &self.wp.db;
         let mut found = Vec::new();
         let read = self
             .read("read keys", async |c| {
-                sql::get_keys_in_parts(&***c, company, key_type, &missing, part_rows, |part| {
-                    send(&part)?;
+                let how = db.stmts(&c.statement_cache);
+                sql::get_keys(&***c, how, company, key_type, missing, part_rows, |part| {
+                    on_part(&part)?;
                     found.extend(part);
                     Ok(())
                 })
@@ -404,8 +390,6 @@ impl Session {
             .await;
         match read {
             Ok(()) => {}
-            // Like `get`: keys the directory proves were never stored are absent, also for
-            // the read that meets the failure, as long as it handed nothing out.
             Err(e) if e.is_unavailable() && found.is_empty() => {
                 let dir = self.company.directory();
                 if missing

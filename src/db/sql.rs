@@ -63,71 +63,42 @@ pub(crate) fn writes(lease: bool) -> Vec<&'static Sql> {
 }
 
 /// Reads the values of `ids` of one type with one query; ids that do not exist are absent.
+/// The rows go to `part` in groups of `part_rows` as they arrive (the last group smaller), so
+/// a caller can use the first while PostgreSQL still sends the rest (`usize::MAX`: one group).
 /// A row that cannot be read (NULL, not JSON) fails the whole call with an error naming each
-/// bad row: answering without it would tell the caller the key does not exist.
+/// bad row, after the groups before it were handed over: the caller must then drop them all
+/// (answering without the row would tell the caller the key does not exist).
 pub(crate) async fn get_keys(
     client: &impl GenericClient,
     how: Stmts<'_>,
     company: &str,
     key_type: &str,
     ids: &[&str],
-) -> Result<Vec<(String, StoredValue)>> {
-    let rows = match ids {
-        [id] => prepared::query(client, how, &GET_KEY, &[&company, &key_type, id]).await,
-        _ => {
-            let how = Stmts::Unnamed;
-            prepared::query(client, how, &GET_KEYS, &[&company, &key_type, &ids]).await
-        }
-    }
-    .map_err(|e| name_rows(e.into(), company, key_type, ids))?;
-    let mut found = Vec::with_capacity(rows.len());
-    let mut bad = Vec::new();
-    for row in &rows {
-        match key_row(row) {
-            Ok(kv) => found.push(kv),
-            Err((id, e)) => bad.push(format!("{key_type} {id}: {}", e.message())),
-        }
-    }
-    if !bad.is_empty() {
-        return Err(bad_rows(company, &bad));
-    }
-    Ok(found)
-}
-
-fn bad_rows(company: &str, bad: &[String]) -> Error {
-    Error::database(format!(
-        "company {company}: {} stored key(s) cannot be read ({}); the other keys are intact",
-        bad.len(),
-        bad.join("; ")
-    ))
-}
-
-/// [`get_keys`] of several ids with the rows handed to `part` as they arrive, in groups of
-/// `part_rows` (the last one smaller), so a caller can use the first rows while PostgreSQL
-/// still sends the rest. A row that cannot be read fails the call like in [`get_keys`], after
-/// the groups before it were handed over: the caller must then drop them all.
-pub(crate) async fn get_keys_in_parts(
-    client: &impl GenericClient,
-    company: &str,
-    key_type: &str,
-    ids: &[&str],
     part_rows: usize,
     mut part: impl FnMut(Vec<(String, StoredValue)>) -> Result<()>,
 ) -> Result<()> {
-    use futures_util::TryStreamExt;
+    use futures_util::{StreamExt, TryStreamExt};
     let named = |e: tokio_postgres::Error| name_rows(e.into(), company, key_type, ids);
-    let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] = [
-        (&company, Type::TEXT),
-        (&key_type, Type::TEXT),
-        (&ids, Type::TEXT_ARRAY),
-    ];
-    let rows = client
-        .query_typed_raw(GET_KEYS.text, params)
-        .await
-        .map_err(named)?;
-    futures_util::pin_mut!(rows);
+    let mut rows = if let [id] = ids {
+        let rows = prepared::query(client, how, &GET_KEY, &[&company, &key_type, id])
+            .await
+            .map_err(named)?;
+        futures_util::stream::iter(rows.into_iter().map(Ok)).boxed()
+    } else {
+        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 3] = [
+            (&company, Type::TEXT),
+            (&key_type, Type::TEXT),
+            (&ids, Type::TEXT_ARRAY),
+        ];
+        client
+            .query_typed_raw(GET_KEYS.text, params)
+            .await
+            .map_err(named)?
+            .boxed()
+    };
     let part_rows = part_rows.max(1);
-    let mut group = Vec::with_capacity(part_rows);
+    let new_group = || Vec::with_capacity(part_rows.min(ids.len()));
+    let mut group = new_group();
     let mut bad = Vec::new();
     while let Some(row) = rows.try_next().await.map_err(named)? {
         match key_row(&row) {
@@ -135,11 +106,15 @@ pub(crate) async fn get_keys_in_parts(
             Err((id, e)) => bad.push(format!("{key_type} {id}: {}", e.message())),
         }
         if group.len() == part_rows && bad.is_empty() {
-            part(std::mem::replace(&mut group, Vec::with_capacity(part_rows)))?;
+            part(std::mem::replace(&mut group, new_group()))?;
         }
     }
     if !bad.is_empty() {
-        return Err(bad_rows(company, &bad));
+        return Err(Error::database(format!(
+            "company {company}: {} stored key(s) cannot be read ({}); the other keys are intact",
+            bad.len(),
+            bad.join("; ")
+        )));
     }
     if !group.is_empty() {
         part(group)?;
