@@ -226,6 +226,60 @@ async function getInParts (nativeSession, type, ids) {
   return out || {}
 }
 
+// ---- write outcomes ---------------------------------------------------------------------------
+// A write (set, saveCreds, clear) is validated and enqueued by a synchronous native call that
+// carries a ticket number, and its promise waits here for the ticket's outcome. The addon hands
+// outcomes over in batches: one wake-up of this thread for all the outcomes learnt meanwhile,
+// not one threadsafe function and hop per call (node/src/lib.rs, `Outcomes`).
+
+const waiting = new Map() // ticket -> { resolve, reject, session, value }
+let lastTicket = 0
+
+// The addon's wake-up handle does not keep Node alive (a store would keep the process running
+// forever); this timer does, while a write is pending, as a pending native promise would.
+const keepAlive = setInterval(() => {}, 0x7fffffff)
+keepAlive.unref()
+
+function nextTicket () {
+  do lastTicket = (lastTicket + 1) >>> 0
+  while (waiting.has(lastTicket))
+  return lastTicket
+}
+
+// The promise of an enqueued write; it resolves to `value`.
+function awaitTicket (ticket, session, value) {
+  return new Promise((resolve, reject) => {
+    if (waiting.size === 0) keepAlive.ref()
+    waiting.set(ticket, { resolve, reject, session, value })
+    session._inflight++
+  })
+}
+
+// The addon's batch: tickets in the order their outcomes were learnt, errors[i] the coded Error
+// of tickets[i] when it failed. Must not throw (it runs from the addon's wake-up).
+function onWritten (tickets, errors) {
+  for (let i = 0; i < tickets.length; i++) {
+    const w = waiting.get(tickets[i])
+    if (w === undefined) continue
+    waiting.delete(tickets[i])
+    const e = errors[i]
+    if (e === undefined) {
+      w.resolve(w.value)
+    } else {
+      const err = toAuthError(e)
+      try {
+        w.session._failed(err)
+      } catch (thrown) {
+        // a throwing 'lost' listener: reported like any listener's throw, after the batch settles
+        process.nextTick(() => { throw thrown })
+      }
+      w.reject(err)
+    }
+    w.session._settled()
+  }
+  if (waiting.size === 0) keepAlive.unref()
+}
+
 // ---- Session ------------------------------------------------------------------------------
 
 class Session {
@@ -234,32 +288,49 @@ class Session {
     this._store = store
     this._closed = false
     this._lost = false
-    this._pending = new Set()
+    this._inflight = 0 // writes enqueued, outcome not yet here
+    this._idle = [] // close()'s waits for _inflight to reach 0
     this.companyId = nativeSession.companyId
   }
 
   // LOCKED on a call of an open session means its lease was taken over (fenced): tell the
   // service once, as store 'lost' events, so it can stop this account's socket.
+  _failed (e) {
+    if (e && e.code === 'EAUTHSTATE_LOCKED' && !this._lost && this._store) {
+      this._lost = true
+      this._store.emit('lost', { companyId: this.companyId, message: e.message })
+    }
+  }
+
   _watch (p) {
     return p.catch((e) => {
-      if (e && e.code === 'EAUTHSTATE_LOCKED' && !this._lost && this._store) {
-        this._lost = true
-        this._store.emit('lost', { companyId: this.companyId, message: e.message })
-      }
+      this._failed(e)
       throw e
     })
+  }
+
+  _settled () {
+    if (--this._inflight === 0) for (const done of this._idle.splice(0)) done()
   }
 
   _check () {
     if (this._closed) throw new AuthStateError('EAUTHSTATE_CLOSED', `session ${this.companyId} is closed`)
   }
 
-  _track (p) {
-    p = this._watch(p)
-    this._pending.add(p)
-    const done = () => this._pending.delete(p)
-    p.then(done, done)
-    return p
+  // A write: `begin(ticket)` validates and enqueues it synchronously (it throws when nothing
+  // was enqueued, returns false when there was nothing to write), and the promise settles with
+  // the outcome reported for the ticket (see onWritten).
+  _write (begin, value) {
+    try {
+      this._check()
+      const ticket = nextTicket()
+      if (begin(ticket) === false) return Promise.resolve(false)
+      return awaitTicket(ticket, this, value)
+    } catch (e) {
+      const err = toAuthError(e)
+      this._failed(err)
+      return Promise.reject(err)
+    }
   }
 
   loadCreds () {
@@ -270,11 +341,10 @@ class Session {
   }
 
   saveCreds (creds) {
-    return this._track(call(() => {
-      this._check()
+    return this._write((ticket) => {
       if (!isPlainObject(creds)) throw invalid('saveCreds: creds must be an object')
-      return this._native.saveCreds(stringify(creds, 'saveCreds: creds'))
-    }))
+      return this._native.saveCreds(stringify(creds, 'saveCreds: creds'), ticket)
+    }, true)
   }
 
   get (type, ids) {
@@ -299,25 +369,21 @@ class Session {
   }
 
   set (data) {
-    return this._track(call(() => {
-      this._check()
+    return this._write((ticket) => {
       const [types, ids, values] = writesToLists(data)
-      return this._native.set(types, ids, values)
-    }))
+      this._native.set(types, ids, values, ticket)
+    })
   }
 
   clear () {
-    return this._track(call(() => {
-      this._check()
-      return this._native.clear()
-    }))
+    return this._write((ticket) => { this._native.clear(ticket) })
   }
 
   // Waits for this session's own pending writes, then refuses further calls.
   async close () {
     if (this._closed) return
     this._closed = true
-    await Promise.allSettled([...this._pending])
+    if (this._inflight > 0) await new Promise((resolve) => this._idle.push(resolve))
   }
 }
 
@@ -385,7 +451,7 @@ class Store {
 function openStore (options = {}) {
   return call(() => {
     if (!isPlainObject(options)) throw invalid('openStore: options must be an object')
-    return native.openStore(stringify(options, 'openStore: options'))
+    return native.openStore(stringify(options, 'openStore: options'), onWritten)
   }).then((s) => new Store(s))
 }
 

@@ -43,4 +43,4 @@ pub use session::{GetParts, Session};
 pub use store::Store;
 pub use value::{json_object, parse_writes, writes_from_texts, KeyWrite, StoredValue};
 pub use write::outage::{self, CloseReport, OutageStatus, Unflushed};
-pub use write::WriteTicket;
+pub use write::{OnWritten, WriteTicket};

@@ -11,7 +11,7 @@ use crate::db::sql;
 use crate::error::{Error, Result};
 use crate::validate;
 use crate::value::{json_object, parse_writes, KeyWrite, StoredValue};
-use crate::write::{Op, WritePath, WriteTicket};
+use crate::write::{Op, OnWritten, WritePath, WriteTicket};
 
 /// One company's state: creds and Signal keys. Cheap to clone; clones share the company's
 /// write order and cache.
@@ -132,6 +132,23 @@ impl Session {
 
     /// Enqueues a creds save (call order is commit order); `None` when unchanged.
     pub fn save_creds_begin(&self, creds: StoredValue) -> Result<Option<WriteTicket>> {
+        self.creds_op(creds)?
+            .map(|op| self.timed("creds_save", op))
+            .transpose()
+    }
+
+    /// Like [`Session::save_creds_begin`], the outcome handed to `on_written` (see
+    /// [`OnWritten`]). Returns `false`, and does not run `on_written`, when the creds are
+    /// unchanged; an error, and `on_written` is not run, when nothing was enqueued.
+    pub fn save_creds_then(&self, creds: StoredValue, on_written: OnWritten) -> Result<bool> {
+        match self.creds_op(creds)? {
+            None => Ok(false),
+            Some(op) => self.timed_then("creds_save", op, on_written).map(|()| true),
+        }
+    }
+
+    /// The write of a creds save, or `None` when the creds equal what was last loaded or saved.
+    fn creds_op(&self, creds: StoredValue) -> Result<Option<Op>> {
         self.check_open()?;
         if let Some(Some(last)) = self.creds_in_memory() {
             // jsonb gives keys back in its own order, so equal text is the fast path and
@@ -140,7 +157,7 @@ impl Session {
                 return Ok(None);
             }
         }
-        self.timed("creds_save", Op::Creds(creds)).map(Some)
+        Ok(Some(Op::Creds(creds)))
     }
 
     /// Reads the values of `ids` of one key type with one query for whatever the cache does not
@@ -432,6 +449,27 @@ impl Session {
 
     /// Enqueues a `set` (validated already by [`KeyWrite`]); call order is commit order.
     pub fn set_begin(&self, writes: Vec<KeyWrite>) -> Result<WriteTicket> {
+        match self.set_op(writes)? {
+            None => Ok(WriteTicket::done()),
+            Some(op) => self.timed("set", op),
+        }
+    }
+
+    /// Like [`Session::set_begin`], the outcome handed to `on_written` (see [`OnWritten`]):
+    /// an error, and `on_written` is not run, when nothing was enqueued; else `on_written` runs
+    /// once with the outcome (at once for an empty `set`).
+    pub fn set_then(&self, writes: Vec<KeyWrite>, on_written: OnWritten) -> Result<()> {
+        match self.set_op(writes)? {
+            None => {
+                on_written(Ok(()));
+                Ok(())
+            }
+            Some(op) => self.timed_then("set", op, on_written),
+        }
+    }
+
+    /// The write of a `set`, or `None` when it writes nothing.
+    fn set_op(&self, writes: Vec<KeyWrite>) -> Result<Option<Op>> {
         self.check_open()?;
         if writes.len() > validate::MAX_KEYS_PER_SET {
             return Err(Error::invalid(format!(
@@ -439,10 +477,7 @@ impl Session {
                 validate::MAX_KEYS_PER_SET
             )));
         }
-        if writes.is_empty() {
-            return Ok(WriteTicket::done());
-        }
-        self.timed("set", Op::Keys(writes))
+        Ok((!writes.is_empty()).then_some(Op::Keys(writes)))
     }
 
     /// Parses Baileys' `{"type": {"id": value | null}}` and applies it like [`Session::set`].
@@ -466,10 +501,28 @@ impl Session {
         self.timed("clear", Op::Clear)
     }
 
+    /// Like [`Session::clear_begin`], the outcome handed to `on_written` (see [`OnWritten`]);
+    /// an error, and `on_written` is not run, when nothing was enqueued.
+    pub fn clear_then(&self, on_written: OnWritten) -> Result<()> {
+        self.check_open()?;
+        self.timed_then("clear", Op::Clear, on_written)
+    }
+
     /// Submits `op` and records its latency (enqueue to commit) under `kind`.
     fn timed(&self, kind: &'static str, op: Op) -> Result<WriteTicket> {
         let ticket = self.wp.submit(&self.company, op)?;
         Ok(ticket.timed(self.wp.metrics.clone(), kind))
+    }
+
+    /// [`Session::timed`] with the outcome handed to `on_written`.
+    fn timed_then(&self, kind: &'static str, op: Op, on_written: OnWritten) -> Result<()> {
+        let metrics = self.wp.metrics.clone();
+        let started = Instant::now();
+        let on_written: OnWritten = Box::new(move |r| {
+            metrics.record_result(kind, started.elapsed(), &r);
+            on_written(r);
+        });
+        self.wp.submit_then(&self.company, op, on_written)
     }
 
     /// A read through the one database call helper; a connectivity failure starts outage mode.

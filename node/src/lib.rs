@@ -5,21 +5,23 @@
 //! replacer and revives buffer nodes into `Buffer`s). Every error reaches JS as an `Error` built
 //! here with `code` = `EAUTHSTATE_<kind>` (from [`authstate::ErrorKind::code`]), `sqlstate` when
 //! PostgreSQL answered with one, and `cause` for the underlying error chain.
-//! Writes use the core's `*_begin` forms synchronously inside the napi call, so two un-awaited
-//! JS calls commit in call order; the returned Promise resolves after the commit.
+//! Writes use the core's `*_then` forms synchronously inside the napi call, so two un-awaited
+//! JS calls commit in call order; their outcomes come back to `index.js` in batches (see
+//! [`Outcomes`]), where each call's Promise waits under a ticket number.
 
 #![deny(clippy::unwrap_used)]
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use authstate::{Config, ErrorKind, OutagePolicy, Session, Store, StoredValue};
 use futures_util::FutureExt;
 use napi::bindgen_prelude::{within_runtime_if_available, ToNapiValue};
-use napi::{Env, JsObject, Status};
+use napi::threadsafe_function::{ErrorStrategy, ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{Env, JsFunction, JsObject, JsUnknown, Status};
 use napi_derive::napi;
 use serde_json::{Map, Value};
 
@@ -40,36 +42,38 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 
 /// Builds the JS `Error` for a core error on the JS thread: `message`, `code`, `sqlstate` when
 /// the database gave one, `cause` (`Error`s with the texts of the underlying error chain) when
-/// there is one. Returned as a napi error that refers to that object, so napi throws or rejects with it
+/// there is one.
+fn js_error(env: &Env, e: &authstate::Error) -> napi::Result<JsObject> {
+    let mut obj = env.create_error(napi::Error::new(Status::GenericFailure, e.to_string()))?;
+    obj.set_named_property("code", js_code(e.kind()))?;
+    if let Some(state) = e.sqlstate() {
+        obj.set_named_property("sqlstate", state.to_string())?;
+    }
+    // The source chain as nested `cause`s (tokio-postgres: "db error" -> the server's text).
+    let mut chain = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source.filter(|_| chain.len() < 8) {
+        chain.push(s.to_string());
+        source = s.source();
+    }
+    let mut cause: Option<JsObject> = None;
+    for text in chain.iter().rev() {
+        let mut c = env.create_error(napi::Error::new(Status::GenericFailure, text.clone()))?;
+        if let Some(inner) = cause.take() {
+            c.set_named_property("cause", inner)?;
+        }
+        cause = Some(c);
+    }
+    if let Some(c) = cause {
+        obj.set_named_property("cause", c)?;
+    }
+    Ok(obj)
+}
+
+/// [`js_error`] as a napi error that refers to that object, so napi throws or rejects with it
 /// unchanged.
 fn to_js(env: &Env, e: &authstate::Error) -> napi::Error {
-    let build = || -> napi::Result<JsObject> {
-        let mut obj = env.create_error(napi::Error::new(Status::GenericFailure, e.to_string()))?;
-        obj.set_named_property("code", js_code(e.kind()))?;
-        if let Some(state) = e.sqlstate() {
-            obj.set_named_property("sqlstate", state.to_string())?;
-        }
-        // The source chain as nested `cause`s (tokio-postgres: "db error" -> the server's text).
-        let mut chain = Vec::new();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source.filter(|_| chain.len() < 8) {
-            chain.push(s.to_string());
-            source = s.source();
-        }
-        let mut cause: Option<JsObject> = None;
-        for text in chain.iter().rev() {
-            let mut c = env.create_error(napi::Error::new(Status::GenericFailure, text.clone()))?;
-            if let Some(inner) = cause.take() {
-                c.set_named_property("cause", inner)?;
-            }
-            cause = Some(c);
-        }
-        if let Some(c) = cause {
-            obj.set_named_property("cause", c)?;
-        }
-        Ok(obj)
-    };
-    match build() {
+    match js_error(env, e) {
         Ok(obj) => napi::Error::from(obj.into_unknown()),
         // Creating the object failed (the engine is out of memory or shutting down): napi's own
         // error, which index.js reports as EAUTHSTATE_INTERNAL.
@@ -95,6 +99,74 @@ where
         })
     };
     env.execute_tokio_future(guarded, |env, r| r.map_err(|e| to_js(env, &e)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// write outcomes -> JS, in batches
+
+/// The outcomes of one store's writes on their way to the JS thread. A write is enqueued by a
+/// synchronous call that carries a ticket number from `index.js`; whoever learns its outcome (a
+/// writer lane, the journal appender) pushes `(ticket, outcome)` here, and only the push into
+/// an empty queue wakes the JS thread. So every outcome learnt before JS runs arrives in one
+/// threadsafe-function call, where a promise per call would cost a threadsafe function, two
+/// tokio tasks and a wake-up of the JS thread each.
+struct Outcomes {
+    queue: Queue,
+    /// Calls `index.js`'s `onWritten(tickets, errors)`. Unref'd: `index.js` keeps Node alive
+    /// while a write is pending.
+    wake: ThreadsafeFunction<(), ErrorStrategy::Fatal>,
+}
+
+type Queue = Arc<Mutex<Vec<(u32, authstate::Result<()>)>>>;
+
+impl Outcomes {
+    /// On the JS thread: the wake-up handle around `on_written`.
+    fn new(env: &Env, on_written: &JsFunction) -> napi::Result<Arc<Outcomes>> {
+        let queue: Queue = Arc::default();
+        let drain = queue.clone();
+        let mut wake = on_written.create_threadsafe_function(0, move |ctx| {
+            let batch = std::mem::take(&mut *drain.lock().unwrap_or_else(|p| p.into_inner()));
+            outcome_args(&ctx.env, batch)
+        })?;
+        wake.unref(env)?;
+        Ok(Arc::new(Outcomes { queue, wake }))
+    }
+
+    /// The callback that reports ticket `ticket`'s outcome.
+    fn then(self: &Arc<Self>, ticket: u32) -> authstate::OnWritten {
+        let me = self.clone();
+        Box::new(move |r| me.push(ticket, r))
+    }
+
+    fn push(&self, ticket: u32, r: authstate::Result<()>) {
+        let first = {
+            let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.push((ticket, r));
+            q.len() == 1
+        };
+        if first {
+            // Fails only while Node shuts down, when no promise can be settled anyway.
+            let _ = self.wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    }
+}
+
+/// `onWritten`'s arguments: the tickets in the order their outcomes were learnt, and an array
+/// with the coded `Error` at the index of each failed one (a hole where it succeeded).
+fn outcome_args(
+    env: &Env,
+    batch: Vec<(u32, authstate::Result<()>)>,
+) -> napi::Result<Vec<JsUnknown>> {
+    let len = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+    let mut tickets = env.create_array_with_length(batch.len())?;
+    let mut errors = env.create_array_with_length(0)?;
+    for (i, (ticket, r)) in (0..len).zip(batch) {
+        tickets.set_element(i, env.create_uint32(ticket)?)?;
+        if let Err(e) = r {
+            errors.set_element(i, js_error(env, &e)?)?;
+        }
+    }
+    Ok(vec![tickets.into_unknown(), errors.into_unknown()])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -214,13 +286,19 @@ fn options_config(options_json: &str) -> authstate::Result<Config> {
     config_from_options(&options)
 }
 
-/// Opens a store. `options_json`: the JSON text of `openStore`'s options object.
-#[napi(catch_unwind, ts_return_type = "Promise<NativeStore>")]
-pub fn open_store(env: Env, options_json: String) -> napi::Result<JsObject> {
+/// Opens a store. `options_json`: the JSON text of `openStore`'s options object;
+/// `on_written(tickets, errors)` receives the outcomes of its writes (see [`Outcomes`]).
+#[napi(
+    catch_unwind,
+    ts_args_type = "optionsJson: string, onWritten: (tickets: number[], errors: Array<Error | undefined>) => void",
+    ts_return_type = "Promise<NativeStore>"
+)]
+pub fn open_store(env: Env, options_json: String, on_written: JsFunction) -> napi::Result<JsObject> {
     let config = sync(&env, options_config(&options_json))?;
+    let outcomes = Outcomes::new(&env, &on_written)?;
     promise(&env, async move {
         let store = Store::open(config).await?;
-        Ok(NativeStore { store })
+        Ok(NativeStore { store, outcomes })
     })
 }
 
@@ -258,6 +336,7 @@ pub fn test_panic(env: Env, in_promise: bool) -> napi::Result<Option<JsObject>> 
 #[napi]
 pub struct NativeStore {
     store: Store,
+    outcomes: Arc<Outcomes>,
 }
 
 #[napi]
@@ -280,9 +359,10 @@ impl NativeStore {
     #[napi(catch_unwind, ts_return_type = "Promise<NativeSession>")]
     pub fn session(&self, env: Env, company_id: String) -> napi::Result<JsObject> {
         let store = self.store.clone();
+        let outcomes = self.outcomes.clone();
         promise(&env, async move {
             let session = store.session(&company_id).await?;
-            Ok(NativeSession { session })
+            Ok(NativeSession { session, outcomes })
         })
     }
 
@@ -357,6 +437,7 @@ impl NativeStore {
 #[napi]
 pub struct NativeSession {
     session: Session,
+    outcomes: Arc<Outcomes>,
 }
 
 #[napi]
@@ -377,22 +458,19 @@ impl NativeSession {
         })
     }
 
-    /// Validates and enqueues synchronously; resolves to true when written, false when the
-    /// creds were unchanged.
-    #[napi(catch_unwind, ts_return_type = "Promise<boolean>")]
-    pub fn save_creds(&self, env: Env, creds_json: String) -> napi::Result<JsObject> {
-        let ticket = sync(
+    /// Validates and enqueues synchronously: true when enqueued (its outcome reaches
+    /// `onWritten` under `ticket`), false when the creds were unchanged (nothing to write).
+    #[napi(catch_unwind)]
+    pub fn save_creds(&self, env: Env, creds_json: String, ticket: u32) -> napi::Result<bool> {
+        sync(
             &env,
             StoredValue::from_json(&creds_json).and_then(|creds| {
-                within_runtime_if_available(|| self.session.save_creds_begin(creds))
+                within_runtime_if_available(|| {
+                    self.session
+                        .save_creds_then(creds, self.outcomes.then(ticket))
+                })
             }),
-        )?;
-        promise(&env, async move {
-            match ticket {
-                None => Ok(false),
-                Some(t) => t.wait().await.map(|()| true),
-            }
-        })
+        )
     }
 
     /// `{"id": value, ...}` as JSON text when every id is answered from memory, else null
@@ -439,32 +517,35 @@ impl NativeSession {
 
     /// Baileys' `keys.set` as parallel lists: `types[i]`/`ids[i]` gets `values[i]` (JSON text)
     /// or is deleted (null). One text per value, so each takes the core's fast path for text
-    /// that is canonical as written. Validated and enqueued synchronously (nothing is enqueued
-    /// when any part is invalid); resolves after the commit.
-    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    /// that is canonical as written. Validated and enqueued synchronously (a throw, and nothing
+    /// enqueued, when any part is invalid); the outcome reaches `onWritten` under `ticket`.
+    #[napi(catch_unwind)]
     pub fn set(
         &self,
         env: Env,
         types: Vec<String>,
         ids: Vec<String>,
         values: Vec<Option<String>>,
-    ) -> napi::Result<JsObject> {
-        let ticket = sync(
+        ticket: u32,
+    ) -> napi::Result<()> {
+        sync(
             &env,
-            authstate::writes_from_texts(&types, &ids, values)
-                .and_then(|writes| within_runtime_if_available(|| self.session.set_begin(writes))),
-        )?;
-        promise(&env, async move { ticket.wait().await })
+            authstate::writes_from_texts(&types, &ids, values).and_then(|writes| {
+                within_runtime_if_available(|| {
+                    self.session.set_then(writes, self.outcomes.then(ticket))
+                })
+            }),
+        )
     }
 
-    /// Deletes every key and the creds of the company; ordered like `set`.
-    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn clear(&self, env: Env) -> napi::Result<JsObject> {
-        let ticket = sync(
+    /// Deletes every key and the creds of the company; ordered like `set`, its outcome reaches
+    /// `onWritten` under `ticket`.
+    #[napi(catch_unwind)]
+    pub fn clear(&self, env: Env, ticket: u32) -> napi::Result<()> {
+        sync(
             &env,
-            within_runtime_if_available(|| self.session.clear_begin()),
-        )?;
-        promise(&env, async move { ticket.wait().await })
+            within_runtime_if_available(|| self.session.clear_then(self.outcomes.then(ticket))),
+        )
     }
 }
 

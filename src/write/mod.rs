@@ -86,20 +86,51 @@ pub(crate) struct Request {
 /// The answer channel of one call. A call is answered exactly once: a `Reply` dropped
 /// unanswered (its lane panicked, or the runtime shut down under it) answers `INTERNAL`, so no
 /// caller waits forever and none is told "closed" for a store that is open.
-pub(crate) struct Reply(Option<oneshot::Sender<Result<()>>>);
+pub(crate) struct Reply(Option<Answer>);
+
+/// Where a call's outcome goes: a [`WriteTicket`] waiting on a channel, or a callback run by
+/// whoever learns the outcome (see [`OnWritten`]).
+enum Answer {
+    Channel(oneshot::Sender<Result<()>>),
+    Call(OnWritten),
+}
+
+/// Receives a write's outcome on the thread that learns it (a writer lane's task or the journal
+/// appender), instead of waking a task that waits on a [`WriteTicket`]: a binding gathers many
+/// calls' outcomes into one hand-off to its own thread (Node resolves a batch of promises per
+/// wake-up). It must be quick and must not block: a lane answers its whole batch in a row.
+pub type OnWritten = Box<dyn FnOnce(Result<()>) + Send + 'static>;
 
 impl Reply {
+    fn channel(tx: oneshot::Sender<Result<()>>) -> Reply {
+        Reply(Some(Answer::Channel(tx)))
+    }
+
     pub(crate) fn send(mut self, r: Result<()>) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(r);
+        if let Some(answer) = self.0.take() {
+            answer.give(r);
+        }
+    }
+}
+
+impl Answer {
+    fn give(self, r: Result<()>) {
+        match self {
+            Answer::Channel(tx) => {
+                let _ = tx.send(r);
+            }
+            // A panicking callback must not take the lane (and every later write) with it.
+            Answer::Call(f) => {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || f(r)));
+            }
         }
     }
 }
 
 impl Drop for Reply {
     fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(Err(Error::internal(
+        if let Some(answer) = self.0.take() {
+            answer.give(Err(Error::internal(
                 "the writer task stopped before answering (a panic, or its runtime shut down); \
                  the write may or may not be committed",
             )));
@@ -272,21 +303,50 @@ impl WritePath {
     /// Enqueues a write on its company's lane; the ticket resolves after the commit.
     pub(crate) fn submit(&self, company: &Arc<Company>, op: Op) -> Result<WriteTicket> {
         let (tx, rx) = oneshot::channel();
-        let lanes = self.lanes.read().unwrap_or_else(|p| p.into_inner());
-        let closed = || Error::closed("the store is closed");
-        // Journal durability has one queue: the appender's.
-        let lane = if self.journaled() { 0 } else { company.lane };
-        let lane = lanes.get(lane).ok_or_else(closed)?;
-        lane.send(Request {
-            company: company.clone(),
-            op,
-            reply: Reply(Some(tx)),
-        })
-        .map_err(|_| closed())?;
+        self.send(company, op, Reply::channel(tx))
+            .map_err(|(e, _)| e)?;
         Ok(WriteTicket {
             rx: Some(rx),
             timing: None,
         })
+    }
+
+    /// Like [`WritePath::submit`], the outcome handed to `on_written` instead of a ticket.
+    /// When the call cannot be enqueued, the error is returned and `on_written` is not run.
+    pub(crate) fn submit_then(
+        &self,
+        company: &Arc<Company>,
+        op: Op,
+        on_written: OnWritten,
+    ) -> Result<()> {
+        let reply = Reply(Some(Answer::Call(on_written)));
+        self.send(company, op, reply).map_err(|(e, mut reply)| {
+            // Not enqueued: the caller learns it from the error, not from the callback too.
+            reply.0 = None;
+            e
+        })
+    }
+
+    /// Hands a call to its lane (in journal durability, the appender's one queue). On failure
+    /// the reply comes back unanswered with the error.
+    fn send(
+        &self,
+        company: &Arc<Company>,
+        op: Op,
+        reply: Reply,
+    ) -> std::result::Result<(), (Error, Reply)> {
+        let closed = || Error::closed("the store is closed");
+        let lanes = self.lanes.read().unwrap_or_else(|p| p.into_inner());
+        let lane = if self.journaled() { 0 } else { company.lane };
+        let Some(lane) = lanes.get(lane) else {
+            return Err((closed(), reply));
+        };
+        lane.send(Request {
+            company: company.clone(),
+            op,
+            reply,
+        })
+        .map_err(|mpsc::error::SendError(r)| (closed(), r.reply))
     }
 
     /// Records a failed database call; connectivity failures start outage mode.
