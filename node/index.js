@@ -106,7 +106,25 @@ function bufferReplacer (key, value) {
   return value
 }
 
-// Revives canonical buffer nodes (the only shape the core returns) into Buffers.
+// Whether JSON.stringify without the replacer could write `x` differently: it holds a
+// Uint8Array, a BigInt (the replacer's error) or an object with a toJSON method (what that returns
+// is not looked at here), or it is too deep to look through (a cycle: the replacer's stringify
+// reports it). Signal sessions, the values written most, hold none of these, and V8's stringify
+// without a replacer function takes them at about twice the speed.
+function needsReplacer (x, depth) {
+  if (typeof x === 'bigint') return true
+  if (x === null || typeof x !== 'object') return false
+  if (depth > 64 || x instanceof Uint8Array || typeof x.toJSON === 'function') return true
+  if (Array.isArray(x)) {
+    for (let i = 0; i < x.length; i++) if (needsReplacer(x[i], depth + 1)) return true
+    return false
+  }
+  for (const k in x) if (needsReplacer(x[k], depth + 1)) return true
+  return false
+}
+
+// Revives canonical buffer nodes into Buffers, as a JSON.parse reviver (exported, like Baileys'
+// BufferJSON.reviver, for text a service reads itself).
 function bufferReviver (key, value) {
   if (value !== null && typeof value === 'object' && value.type === 'Buffer' && typeof value.data === 'string') {
     return Buffer.from(value.data, 'base64')
@@ -114,10 +132,32 @@ function bufferReviver (key, value) {
   return value
 }
 
+// Revives canonical buffer nodes (the only shape the core returns) into Buffers, in place and
+// bottom-up like a JSON.parse reviver, which took about twice as long.
+function reviveBuffers (x) {
+  if (x === null || typeof x !== 'object') return x
+  if (Array.isArray(x)) {
+    for (let i = 0; i < x.length; i++) {
+      const v = x[i]
+      if (v !== null && typeof v === 'object') x[i] = reviveBuffers(v)
+    }
+    return x
+  }
+  for (const k in x) {
+    const v = x[k]
+    if (v !== null && typeof v === 'object') {
+      const r = reviveBuffers(v)
+      if (r !== v) x[k] = r
+    }
+  }
+  if (x.type === 'Buffer' && typeof x.data === 'string') return Buffer.from(x.data, 'base64')
+  return x
+}
+
 function stringify (value, what) {
   let text
   try {
-    text = JSON.stringify(value, bufferReplacer)
+    text = needsReplacer(value, 0) ? JSON.stringify(value, bufferReplacer) : JSON.stringify(value)
   } catch (e) {
     if (e instanceof AuthStateError) throw invalid(`${what}: ${e.message}`)
     throw invalid(`${what} is not JSON-able: ${e && e.message}`, e)
@@ -127,8 +167,8 @@ function stringify (value, what) {
 }
 
 function parse (text) {
-  // Most session values hold no buffer at all: skip the reviver walk for them.
-  return text.includes('"Buffer"') ? JSON.parse(text, bufferReviver) : JSON.parse(text)
+  // Most session values hold no buffer at all: skip the walk for them.
+  return text.includes('"Buffer"') ? reviveBuffers(JSON.parse(text)) : JSON.parse(text)
 }
 
 // A get's JSON text -> {id: value}; app-state-sync-key values become protobuf objects
@@ -628,5 +668,6 @@ module.exports = {
   Store,
   Session,
   native,
-  __toAuthError: toAuthError
+  __toAuthError: toAuthError,
+  __json: { stringify, parse }
 }

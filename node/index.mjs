@@ -19,7 +19,8 @@ export const {
   Store,
   Session,
   native,
-  __toAuthError
+  __toAuthError,
+  __json
 } = cjs
 
 export default cjs
