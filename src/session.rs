@@ -11,7 +11,7 @@ use crate::db::sql;
 use crate::error::{Error, Result};
 use crate::validate;
 use crate::value::{json_object, parse_writes, KeyWrite, StoredValue};
-use crate::write::{Op, OnWritten, WritePath, WriteTicket};
+use crate::write::{OnWritten, Op, WritePath, WriteTicket};
 
 /// One company's state: creds and Signal keys. Cheap to clone; clones share the company's
 /// write order and cache.

@@ -293,7 +293,11 @@ fn options_config(options_json: &str) -> authstate::Result<Config> {
     ts_args_type = "optionsJson: string, onWritten: (tickets: number[], errors: Array<Error | undefined>) => void",
     ts_return_type = "Promise<NativeStore>"
 )]
-pub fn open_store(env: Env, options_json: String, on_written: JsFunction) -> napi::Result<JsObject> {
+pub fn open_store(
+    env: Env,
+    options_json: String,
+    on_written: JsFunction,
+) -> napi::Result<JsObject> {
     let config = sync(&env, options_config(&options_json))?;
     let outcomes = Outcomes::new(&env, &on_written)?;
     promise(&env, async move {

@@ -40,6 +40,21 @@ pub(super) struct State {
 /// same final state as replaying every call, and the pending log grows with the number of
 /// distinct keys written during an outage, not with its length.
 pub(super) fn coalesce(st: &mut State, company: &Arc<Company>, op: &Op) {
+    // Only what a pending call writes can be superseded, and the overlay holds exactly that
+    // (the keys and creds of the pending calls, made again whenever calls leave the log), so
+    // the calls that rewrite nothing pending (most, in journal durability) skip the walk over
+    // the whole log.
+    let may_supersede = match op {
+        Op::Keys(w) => w.iter().any(|k| {
+            st.overlay
+                .contains_key(&cache::key_of(&company.id, &k.key_type, &k.key_id))
+        }),
+        Op::Creds(_) => st.overlay.contains_key(&cache::creds_key(&company.id)),
+        Op::Clear => true,
+    };
+    if !may_supersede {
+        return;
+    }
     let keys: HashSet<(&str, &str)> = match op {
         Op::Keys(w) => w.iter().map(|k| (&*k.key_type, &*k.key_id)).collect(),
         Op::Creds(_) | Op::Clear => HashSet::new(),
