@@ -11,13 +11,6 @@
 
 #![deny(clippy::unwrap_used)]
 
-/// mimalloc instead of glibc's malloc: a write's strings are made on the JS thread and freed
-/// on the journal appender or a writer task, and glibc's arenas serialize such frees on a lock
-/// (`__lll_lock_wait_private` on the JS thread in profiles); mimalloc frees to the owning
-/// thread's page without one.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
