@@ -12,6 +12,7 @@
 // use); set-up and migrations go direct.
 // Options (env): BENCH_MESSAGES_PER_ACCOUNT (40), BENCH_ACCOUNTS (50), BENCH_REPS (8),
 // BENCH_SETTLE_MS (1000: idle time between opening the accounts and their messages),
+// BENCH_WARMUP_MESSAGES (20 per account, untimed, on accounts of their own, before the timed run),
 // BENCH_JSON (a file to write the results to, as JSON), BENCH_IMPLS (e.g. `addon`: only these),
 // BENCH_ADDON_OPTIONS (JSON options for the addon's store, see below).
 // CPU columns: seconds of CPU per 1,000 units (messages, keys or gets) of the Node process
@@ -33,6 +34,8 @@ const PER_ACCOUNT = Number(process.env.BENCH_MESSAGES_PER_ACCOUNT || 40)
 const REPS = Number(process.env.BENCH_REPS || 8)
 // Wait after the accounts open, before their messages (see the messaging workload).
 const SETTLE_MS = Number(process.env.BENCH_SETTLE_MS ?? 1000)
+// Untimed messages per account before the timed ones, on other accounts (JIT warm-up).
+const WARMUP = Number(process.env.BENCH_WARMUP_MESSAGES ?? 20)
 // BENCH_ADDON_OPTIONS: JSON merged into the addon's openStore options, e.g.
 // '{"durability":"journal","journalPath":"/tmp/j"}' or '{"pipelineDepth":1}'.
 const ADDON_OPTIONS = JSON.parse(process.env.BENCH_ADDON_OPTIONS || '{}')
@@ -313,24 +316,62 @@ async function main () {
     // 2. 50 accounts exchanging messages (storage traffic of Signal messaging)
     for (const impl of impls) {
       const tag = impl.name.replace(/\W/g, '')
-      const directories = () => (impl.store ? impl.store.metrics().directory.companies : 0)
-      const directoriesBefore = directories()
-      const accts = []
-      for (let i = 0; i < ACCOUNTS; i++) accts.push((await impl.open(`msg_${tag}_${i}`)).state.keys)
       const addr = (i) => `55119${String(i).padStart(8, '0')}_1.0`
       const groupOf = (i) => `1203630${String(i % 10).padStart(11, '0')}@g.us`
       const membersOf = (g) => [...Array(ACCOUNTS).keys()].filter((i) => groupOf(i) === g)
-      const session1 = async (keys, peer) => {
-        const { [peer]: s } = await keys.get('session', [peer])
-        await timedSet(keys, { session: { [peer]: s || sessionValue } })
+      // Each account sends `perAccount` messages, one after another; the accounts at once.
+      const exchange = async (accts, perAccount, lat, setLat) => {
+        const timedSet = async (keys, data) => {
+          const s0 = now()
+          await keys.set(data)
+          setLat.push(now() - s0)
+        }
+        const session1 = async (keys, peer) => {
+          const { [peer]: s } = await keys.get('session', [peer])
+          await timedSet(keys, { session: { [peer]: s || sessionValue } })
+        }
+        await Promise.all(accts.map(async (keys, i) => {
+          for (let k = 0; k < perAccount; k++) {
+            const m0 = now()
+            if (k % 5 === 4) {
+              const g = groupOf(i)
+              const name = `${g}::${addr(i)}`
+              const { [name]: sk } = await keys.get('sender-key', [name])
+              await timedSet(keys, { 'sender-key': { [name]: sk || senderKeyValue } })
+              const members = membersOf(g).filter((j) => j !== i)
+              const memory = {}
+              for (const j of members) memory[`55119${String(j).padStart(8, '0')}@s.whatsapp.net`] = true
+              await timedSet(keys, { 'sender-key-memory': { [g]: memory } })
+              for (const j of members) {
+                const { [name]: rsk } = await accts[j].get('sender-key', [name])
+                await timedSet(accts[j], { 'sender-key': { [name]: rsk || senderKeyValue } })
+              }
+            } else {
+              const j = (i + 1 + k) % ACCOUNTS
+              await session1(keys, addr(j))
+              await session1(accts[j], addr(i))
+            }
+            lat.push(now() - m0)
+          }
+        }))
       }
+      const openAccounts = async (prefix) => {
+        const accts = []
+        for (let i = 0; i < ACCOUNTS; i++) accts.push((await impl.open(`${prefix}_${tag}_${i}`)).state.keys)
+        return accts
+      }
+      // Warm-up, not timed, on accounts of its own: the same traffic, so the JIT has compiled
+      // both the load generator's and the implementation's paths before the timed run (without
+      // it, the addon's runs of ~0.3 s were mostly compilation on V8's helper threads).
+      if (WARMUP > 0) {
+        await exchange(await openAccounts('warm'), WARMUP, [], [])
+        if (impl.drain) await impl.drain()
+      }
+      const directories = () => (impl.store ? impl.store.metrics().directory.companies : 0)
+      const directoriesBefore = directories()
+      const accts = await openAccounts('msg')
       const lat = []
       const setLat = [] // each set of the messages alone: what pipelining is about
-      const timedSet = async (keys, data) => {
-        const s0 = now()
-        await keys.set(data)
-        setLat.push(now() - s0)
-      }
       // The accounts are connected and idle for a moment before traffic starts, as in a running
       // service (the same wait for every implementation): the addon loads each company's key
       // directory 500 ms after its session opens (src/store.rs, DIRECTORY_LOAD_DELAY), and with
@@ -340,34 +381,10 @@ async function main () {
       if (impl.store && directories() < directoriesBefore + ACCOUNTS) {
         console.error(`${impl.name}: key directories not loaded after ${SETTLE_MS} ms; reads of absent keys query PostgreSQL`)
       }
-      let messages = 0
       const m = meter(pm)
       const t0 = now()
-      await Promise.all(accts.map(async (keys, i) => {
-        for (let k = 0; k < PER_ACCOUNT; k++) {
-          const m0 = now()
-          if (k % 5 === 4) {
-            const g = groupOf(i)
-            const name = `${g}::${addr(i)}`
-            const { [name]: sk } = await keys.get('sender-key', [name])
-            await timedSet(keys, { 'sender-key': { [name]: sk || senderKeyValue } })
-            const members = membersOf(g).filter((j) => j !== i)
-            const memory = {}
-            for (const j of members) memory[`55119${String(j).padStart(8, '0')}@s.whatsapp.net`] = true
-            await timedSet(keys, { 'sender-key-memory': { [g]: memory } })
-            for (const j of members) {
-              const { [name]: rsk } = await accts[j].get('sender-key', [name])
-              await timedSet(accts[j], { 'sender-key': { [name]: rsk || senderKeyValue } })
-            }
-          } else {
-            const j = (i + 1 + k) % ACCOUNTS
-            await session1(keys, addr(j))
-            await session1(accts[j], addr(i))
-          }
-          lat.push(now() - m0)
-          messages++
-        }
-      }))
+      await exchange(accts, PER_ACCOUNT, lat, setLat)
+      const messages = lat.length
       const total = now() - t0
       // Journal mode: the CPU figures include flushing everything to PostgreSQL.
       let drained = total
