@@ -36,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::write::Request;
 
 use self::journal::Journal;
-use self::pending::{coalesce, overlay_apply, State};
+use self::pending::{pend, State};
 pub(crate) use self::recovery::{flush_chunk, flush_on_close, reconnect_loop, try_recover};
 pub use self::report::{CloseReport, OutageStatus, Unflushed};
 
@@ -294,10 +294,7 @@ impl Outage {
         let now = Instant::now();
         let mut replies = Vec::with_capacity(batch.len());
         for r in batch {
-            coalesce(&mut st, &r.company, &r.op);
-            st.pending_bytes += r.op.bytes();
-            overlay_apply(&mut st, &r.company, &r.op);
-            st.pending.push(Arc::new((r.company, r.op, now)));
+            pend(&mut st, r.company, r.op, now);
             replies.push(r.reply);
         }
         self.has_overlay.store(true, Ordering::Release);
@@ -357,10 +354,7 @@ impl Outage {
                 }
                 _ => {}
             }
-            coalesce(&mut st, &company, &op);
-            st.pending_bytes += op.bytes();
-            overlay_apply(&mut st, &company, &op);
-            st.pending.push(Arc::new((company, op, Instant::now())));
+            pend(&mut st, company, op, Instant::now());
         }
         st.since = Some((Instant::now(), SystemTime::now()));
         st.last_error = Some(format!(

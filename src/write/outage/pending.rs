@@ -34,27 +34,28 @@ pub(super) struct State {
     pub(super) outages: u64,
 }
 
+/// Adds `op` of `company`, acknowledged at `at`, to the pending log: drops what it supersedes
+/// (see [`coalesce`]) and makes reads see it. Only what a pending call writes can be
+/// superseded, and the overlay holds exactly that (the keys and creds of the pending calls,
+/// made again whenever calls leave the log), so a call that rewrites nothing pending (most, in
+/// journal durability) skips the walk over the whole log; its overlay keys are made once, for
+/// that check and for the overlay.
+pub(super) fn pend(st: &mut State, company: Arc<Company>, op: Op, at: Instant) {
+    let keys = overlay_keys(&company, &op);
+    if matches!(op, Op::Clear) || keys.iter().any(|k| st.overlay.contains_key(k)) {
+        coalesce(st, &company, &op);
+    }
+    st.pending_bytes += op.bytes();
+    apply_overlay(st, &company, &op, keys);
+    st.pending.push(Arc::new((company, op, at)));
+}
+
 /// Drops from the pending calls (behind any being replayed) what `op` of `company` supersedes:
 /// the earlier writes of the same keys, earlier creds, or everything earlier of the company for
 /// a `clear`. Calls left empty go. The order of what remains is kept, so replaying it gives the
 /// same final state as replaying every call, and the pending log grows with the number of
 /// distinct keys written during an outage, not with its length.
-pub(super) fn coalesce(st: &mut State, company: &Arc<Company>, op: &Op) {
-    // Only what a pending call writes can be superseded, and the overlay holds exactly that
-    // (the keys and creds of the pending calls, made again whenever calls leave the log), so
-    // the calls that rewrite nothing pending (most, in journal durability) skip the walk over
-    // the whole log.
-    let may_supersede = match op {
-        Op::Keys(w) => w.iter().any(|k| {
-            st.overlay
-                .contains_key(&cache::key_of(&company.id, &k.key_type, &k.key_id))
-        }),
-        Op::Creds(_) => st.overlay.contains_key(&cache::creds_key(&company.id)),
-        Op::Clear => true,
-    };
-    if !may_supersede {
-        return;
-    }
+fn coalesce(st: &mut State, company: &Arc<Company>, op: &Op) {
     let keys: HashSet<(&str, &str)> = match op {
         Op::Keys(w) => w.iter().map(|k| (&*k.key_type, &*k.key_id)).collect(),
         Op::Creds(_) | Op::Clear => HashSet::new(),
@@ -86,18 +87,33 @@ pub(super) fn coalesce(st: &mut State, company: &Arc<Company>, op: &Op) {
 
 /// Makes reads see `op` of `company` while it is pending.
 pub(super) fn overlay_apply(st: &mut State, company: &Arc<Company>, op: &Op) {
+    apply_overlay(st, company, op, overlay_keys(company, op));
+}
+
+/// The overlay keys `op` of `company` writes: one per key write, the creds' for new creds.
+fn overlay_keys(company: &Company, op: &Op) -> Vec<String> {
+    match op {
+        Op::Keys(writes) => writes
+            .iter()
+            .map(|w| cache::key_of(&company.id, &w.key_type, &w.key_id))
+            .collect(),
+        Op::Creds(_) => vec![cache::creds_key(&company.id)],
+        Op::Clear => Vec::new(),
+    }
+}
+
+/// [`overlay_apply`] with `keys` = [`overlay_keys`] of `op`.
+fn apply_overlay(st: &mut State, company: &Arc<Company>, op: &Op, keys: Vec<String>) {
     match op {
         Op::Keys(writes) => {
-            for w in writes {
-                st.overlay.insert(
-                    cache::key_of(&company.id, &w.key_type, &w.key_id),
-                    w.value.clone(),
-                );
+            for (key, w) in keys.into_iter().zip(writes) {
+                st.overlay.insert(key, w.value.clone());
             }
         }
         Op::Creds(v) => {
-            st.overlay
-                .insert(cache::creds_key(&company.id), Some(v.clone()));
+            for key in keys {
+                st.overlay.insert(key, Some(v.clone()));
+            }
             company.set_last_creds(Some(v.clone()));
         }
         Op::Clear => {
