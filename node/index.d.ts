@@ -216,7 +216,7 @@ export declare const native: NativeBinding
 /** @internal converts any error to an AuthStateError */
 export declare function __toAuthError(e: unknown): AuthStateError
 /** @internal the conversion of values to and from the addon's JSON text (tested against the replacer and reviver) */
-export declare const __json: { stringify(value: unknown, what: string): string, parse(text: string): unknown }
+export declare const __json: { stringify(value: unknown, what: string): string, parse(text: string): unknown, copyParsed<T>(value: T): T }
 
 // ---- health (issue 12) ------------------------------------------------------------------------
 

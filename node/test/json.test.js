@@ -68,3 +68,23 @@ test('BigInts, cycles and deep trees are refused as before', () => {
   for (let i = 0; i < 500; i++) deep = { d: deep }
   assert.equal(__json.stringify(deep, 'v'), JSON.stringify(deep, bufferReplacer))
 })
+
+// Repeated cached gets of one key hand out copies of a parsed value instead of parsing again.
+test('copyParsed copies what parse makes: equal, and sharing no object or buffer with it', () => {
+  // parse makes trees (no object twice), so comparing the two trees in step finds any sharing
+  const shared = (a, b) => {
+    if (a === null || typeof a !== 'object') return false
+    if (a === b) return true
+    if (a instanceof Uint8Array) return a.length > 0 && a.buffer === b.buffer && a.byteOffset === b.byteOffset
+    return Object.keys(a).some((k) => shared(a[k], b[k]))
+  }
+  fc.assert(fc.property(tree, (value) => {
+    const { text } = replacerForm(value)
+    if (text === undefined) return
+    const parsed = __json.parse(text)
+    const copy = __json.copyParsed(parsed)
+    assert.deepStrictEqual(copy, parsed)
+    assert.equal(JSON.stringify(copy, bufferReplacer), JSON.stringify(parsed, bufferReplacer))
+    assert.ok(!shared(copy, parsed), 'the copy shares nothing with the memo')
+  }), { numRuns: 3000 })
+})
