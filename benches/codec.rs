@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo bench --bench codec`.
 
-use authstate::parse_writes;
+use authstate::{parse_writes, writes_from_texts};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::Value;
 
@@ -29,6 +29,22 @@ fn benches(c: &mut Criterion) {
         let text = serde_json::json!({ ty: { "5511999999999_1.0": value } }).to_string();
         g.throughput(Throughput::Bytes(text.len() as u64));
         g.bench_function(ty, |b| b.iter(|| parse_writes(&text).expect("parse")));
+    }
+    g.finish();
+    // The Node binding's path: one text per value, as `JSON.stringify` wrote it (the fast path
+    // keeps it after a validating pass and a scan).
+    let mut g = c.benchmark_group("writes_from_texts");
+    for (name, ty) in [
+        ("session-2.json", "session"),
+        ("sender-key-1.json", "sender-key"),
+        ("pre-key-0.json", "pre-key"),
+    ] {
+        let text = fixture(name).to_string();
+        let (types, ids) = (vec![ty.to_string()], vec!["5511999999999_1.0".to_string()]);
+        g.throughput(Throughput::Bytes(text.len() as u64));
+        g.bench_function(ty, |b| {
+            b.iter(|| writes_from_texts(&types, &ids, vec![Some(text.clone())]).expect("valid"))
+        });
     }
     g.finish();
 }

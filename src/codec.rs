@@ -31,6 +31,8 @@
 //!   `JSON.stringify` then into `null`) are refused with an INVALID error rather than
 //!   silently changed.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::ser::{CompactFormatter, Formatter};
@@ -335,19 +337,66 @@ fn scan(json: &str, how: Scan) -> Option<String> {
 
 /// Valid JSON without a repeated key in any object: what a write's fast path needs to know
 /// before it keeps a value's text as it is (a repeated key would be kept in the text while
-/// PostgreSQL keeps only the last). Deserializing it checks exactly that, allocating nothing
-/// but one list of keys per object being read.
+/// PostgreSQL keeps only the last). Deserializing it checks exactly that. Keys are borrowed from
+/// the text (copied only when they hold an escape) and kept on one stack for the whole value:
+/// allocating every key and a list per object was most of a `set`'s time on the JS thread.
 pub struct UniqueKeys;
 
 impl<'de> serde::Deserialize<'de> for UniqueKeys {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_any(UniqueKeysVisitor)
+        let mut keys = Vec::new();
+        d.deserialize_any(UniqueKeysVisitor { keys: &mut keys })
     }
 }
 
-struct UniqueKeysVisitor;
+/// Checks one JSON value; `keys` holds the keys of the objects being read, innermost last.
+struct UniqueKeysVisitor<'a, 'de> {
+    keys: &'a mut Vec<Cow<'de, str>>,
+}
 
-impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueKeysVisitor<'_, 'de> {
+    type Value = UniqueKeys;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<UniqueKeys, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// An object key, borrowed from the text when it holds no escape.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+    type Value = Key<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v.to_string())))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Key<'de>, E> {
+        Ok(Key(Cow::Owned(v)))
+    }
+}
+
+/// Past this many keys an object's keys are checked with a hash set instead of the stack.
+const LINEAR_KEYS: usize = 16;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor<'_, 'de> {
     type Value = UniqueKeys;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -375,27 +424,35 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
         self,
         mut seq: A,
     ) -> std::result::Result<UniqueKeys, A::Error> {
-        while seq.next_element::<UniqueKeys>()?.is_some() {}
+        while seq
+            .next_element_seed(UniqueKeysVisitor {
+                keys: &mut *self.keys,
+            })?
+            .is_some()
+        {}
         Ok(UniqueKeys)
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(
         self,
         mut map: A,
     ) -> std::result::Result<UniqueKeys, A::Error> {
-        let mut keys: Vec<std::borrow::Cow<'de, str>> = Vec::new();
-        let mut set: Option<std::collections::HashSet<std::borrow::Cow<'de, str>>> = None;
-        while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            map.next_value::<UniqueKeys>()?;
-            // A list for the small objects of Signal records, a set past 16 keys.
+        // This object's keys are `keys[base..]`: a nested value pushes its own above them and
+        // takes them off again before the next key of this one is pushed.
+        let base = self.keys.len();
+        let mut set: Option<std::collections::HashSet<Cow<'de, str>>> = None;
+        while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+            map.next_value_seed(UniqueKeysVisitor {
+                keys: &mut *self.keys,
+            })?;
             let repeated = match &mut set {
                 Some(set) => !set.insert(k),
-                None if keys.len() < 16 => {
-                    let r = keys.contains(&k);
-                    keys.push(k);
+                None if self.keys.len() - base < LINEAR_KEYS => {
+                    let r = self.keys[base..].contains(&k);
+                    self.keys.push(k);
                     r
                 }
                 None => {
-                    let mut all: std::collections::HashSet<_> = keys.drain(..).collect();
+                    let mut all: std::collections::HashSet<_> = self.keys.drain(base..).collect();
                     let r = !all.insert(k);
                     set = Some(all);
                     r
@@ -405,6 +462,7 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
                 return Err(serde::de::Error::custom("a key is repeated in an object"));
             }
         }
+        self.keys.truncate(base);
         Ok(UniqueKeys)
     }
 }
@@ -601,6 +659,34 @@ mod tests {
         let mut v = v;
         canonicalize(&mut v).expect("canonicalize");
         v
+    }
+
+    #[test]
+    fn unique_keys_finds_a_repeat_at_any_depth_and_only_within_one_object() {
+        let ok = |t: &str| serde_json::from_str::<UniqueKeys>(t).is_ok();
+        // the same key in nested and sibling objects is no repeat
+        assert!(ok(
+            r#"{"a":{"a":{"a":1}},"b":[{"a":1},{"a":2}],"c":{"b":{"c":0}}}"#
+        ));
+        // a repeat after a nested object whose keys went on the same stack
+        assert!(!ok(r#"{"a":{"x":1,"y":2},"b":1,"a":3}"#));
+        assert!(!ok(r#"{"a":{"b":1,"c":{"d":1,"d":2}}}"#));
+        assert!(!ok(r#"[1,{"k":1},{"k":1,"k":2}]"#));
+        // escaped keys (copied, not borrowed) compare by their text
+        assert!(!ok(r#"{"\u0061":1,"a":2}"#));
+        // past the linear check: a hash set, with keys that came before and after it
+        let many: Vec<String> = (0..40)
+            .map(|i| format!("\"k{i}\":{{\"k{i}\":1}}"))
+            .collect();
+        let object = format!("{{{}}}", many.join(","));
+        assert!(ok(&object));
+        assert!(!ok(&format!("{{{},\"k3\":0}}", many.join(","))));
+        assert!(!ok(&format!("{{{},\"k39\":0}}", many.join(","))));
+        assert!(!ok(&format!(
+            "{{\"k0\":0,{}}}",
+            many[1..].join(",") + ",\"k0\":1"
+        )));
+        assert!(!ok("{\"a\":1"), "not JSON");
     }
 
     #[test]
