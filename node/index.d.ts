@@ -75,7 +75,7 @@ export interface OpenStoreOptions {
    * replayed at the next open; writes not yet flushed are lost if the host (its disk) is lost.
    */
   durability?: 'commit' | 'journal'
-  /** durability 'journal': how long the flusher lets writes gather before a commit (default 10). */
+  /** durability 'journal': how long the flusher lets writes gather before a commit (default 50). */
   journalFlushIntervalMs?: number
   /** Bound on writes kept during an outage, bytes (default 64 MiB). */
   maxPendingBytes?: number
