@@ -3,6 +3,7 @@
 //!
 //! Run: `cargo bench --bench codec`.
 
+use authstate::codec::canonical_minified;
 use authstate::{parse_writes, writes_from_texts};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::Value;
@@ -49,5 +50,43 @@ fn benches(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(codec, benches);
+/// `text` as PostgreSQL's `jsonb` output writes it: a space after every `:` and `,` between
+/// tokens.
+fn jsonb_style(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 2);
+    let (mut in_string, mut escaped) = (false, false);
+    for c in text.chars() {
+        out.push(c);
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if c == ':' || c == ',' {
+            out.push(' ');
+        }
+    }
+    out
+}
+
+/// A read: each stored value's `jsonb` text, checked and made compact (every row of a `get`
+/// that misses the cache; 1,000 of them in a cold read of a large group's sessions).
+fn reads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("canonical_minified");
+    // Values with buffer nodes take the full parse instead (tested in codec's unit tests).
+    for (name, ty) in [("session-2.json", "session")] {
+        let text = jsonb_style(&fixture(name).to_string());
+        g.throughput(Throughput::Bytes(text.len() as u64));
+        g.bench_function(ty, |b| {
+            b.iter(|| canonical_minified(&text).expect("canonical"))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(codec, benches, reads);
 criterion_main!(codec);

@@ -273,6 +273,7 @@ impl Scan {
 /// The one pass over JSON text behind [`may_hold_buffer`], [`has_noncanonical_number`],
 /// [`minify_json`], [`canonical_minified`] and [`canonical_as_written`]: `None` as soon as a
 /// check of `how` fails, else the text (made compact when `how.minify`, else empty).
+#[inline(always)]
 fn scan(json: &str, how: Scan) -> Option<String> {
     let b = json.as_bytes();
     let mut out = String::with_capacity(if how.minify { json.len() } else { 0 });
