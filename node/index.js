@@ -249,9 +249,14 @@ function parseMemo (key, text) {
     if (m.value === null) m.value = parse(text)
     return copyParsed(m.value)
   }
-  if (m !== undefined) memo.delete(key)
-  else if (memo.size >= MEMO_MAX) memo.delete(memo.keys().next().value)
-  memo.set(key, { text, value: null })
+  if (m !== undefined) {
+    // A new text for the key (every get after a set): the entry is reused in place.
+    m.text = text
+    m.value = null
+  } else {
+    if (memo.size >= MEMO_MAX) memo.delete(memo.keys().next().value)
+    memo.set(key, { text, value: null })
+  }
   return parse(text)
 }
 
