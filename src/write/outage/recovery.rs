@@ -12,7 +12,7 @@ use crate::db::sql;
 use crate::error::{Error, Result};
 use crate::write::{commit, Op, WritePath, MAX_BATCH_KEYS};
 
-use super::pending::{overlay_apply, PendingCall};
+use super::pending::{reindex, PendingCall};
 use super::{CloseReport, Unflushed, FIRST_BACKOFF, MAX_BACKOFF};
 
 /// Replays what is pending (in order, whole calls per transaction) and, once nothing is
@@ -161,13 +161,7 @@ async fn replay_chunk(wp: &Arc<WritePath>, end_outage: bool) -> Result<bool> {
             outage.journal_bytes.store(j.bytes, Ordering::Relaxed);
         }
     }
-    st.pending_bytes = st.pending.iter().map(|p| p.1.bytes()).sum();
-    st.overlay.clear();
-    st.cleared.clear();
-    let remaining = st.pending.clone();
-    for p in &remaining {
-        overlay_apply(&mut st, &p.0, &p.1);
-    }
+    reindex(&mut st);
     if !st.pending.is_empty() {
         return Ok(false);
     }
@@ -271,7 +265,7 @@ pub(crate) async fn flush_on_close(wp: &Arc<WritePath>) -> CloseReport {
         .pending
         .iter()
         .map(|p| {
-            let (company, op, _) = &**p;
+            let (company, op, _, _) = &**p;
             let (kind, keys) = match op {
                 Op::Keys(w) => (
                     "keys",
