@@ -158,8 +158,8 @@ function meter (pm) {
 const now = () => performance.now()
 // `n` gets of one session each (ids[0..10] in turn), then more until `until` (a now() time);
 // their latencies. A function of its own, used for the warm-up and the timed run alike: V8
-// optimizes it on its own, where main()'s loops (main is too large to be optimized) ran in
-// baseline code and added their own microseconds to every get.
+// optimizes it on its own, where the loops in main() ran in baseline code (V8's one attempt
+// to optimize main was aborted) and added their own microseconds to every get.
 async function cachedGets (keys, ids, n, until) {
   const lat = []
   for (let r = 0; r < n || now() < until; r++) {
