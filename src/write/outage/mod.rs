@@ -147,7 +147,7 @@ impl Outage {
             return None;
         }
         let st = self.lock();
-        if let Some(v) = st.overlay.get(key) {
+        if let Some((v, _)) = st.overlay.get(key) {
             return Some(v.clone());
         }
         if st.cleared.contains(company) {
