@@ -84,6 +84,14 @@ test('copyParsed copies what parse makes: equal, and sharing no object or buffer
     const parsed = __json.parse(text)
     const copy = __json.copyParsed(parsed)
     assert.deepStrictEqual(copy, parsed)
+    // Plain objects, exactly as JSON.parse makes them (the copy's own constructor is not seen).
+    const plain = (x) => {
+      if (x === null || typeof x !== 'object' || x instanceof Uint8Array) return true
+      if (Array.isArray(x)) return x.every(plain)
+      return Object.getPrototypeOf(x) === Object.prototype &&
+        Object.prototype.toString.call(x) === '[object Object]' && Object.keys(x).every((k) => plain(x[k]))
+    }
+    assert.ok(plain(copy), 'every object of the copy is a plain object')
     assert.equal(JSON.stringify(copy, bufferReplacer), JSON.stringify(parsed, bufferReplacer))
     assert.ok(!shared(copy, parsed), 'the copy shares nothing with the memo')
   }), { numRuns: 3000 })
