@@ -156,6 +156,24 @@ function meter (pm) {
 }
 
 const now = () => performance.now()
+
+// Before each timed cold get (of every implementation, and of the bare query): a full
+// collection, then a pause for V8's background sweeping. Without it the garbage of the earlier
+// workloads (~80 MB after five messaging runs) made V8 scavenge in the middle of ~4 of 9 timed
+// gets, 4-13 ms each (--trace-gc), and a get's figure depended on which workloads ran before it
+// (the addon's cold get alone, BENCH_IMPLS=addon: 1.0-1.4x the bare query; in the full run:
+// 1.4-1.8x). A service's first reads after a restart meet a young heap, not that debt.
+const collectGarbage = (() => {
+  if (typeof globalThis.gc !== 'function') {
+    require('node:v8').setFlagsFromString('--expose-gc')
+    return require('node:vm').runInNewContext('gc')
+  }
+  return globalThis.gc
+})()
+async function settleHeap () {
+  collectGarbage()
+  await new Promise((resolve) => setTimeout(resolve, 20))
+}
 // `n` gets of one session each (ids[0..10] in turn), then more until `until` (a now() time);
 // their latencies. A function of its own, used for the warm-up and the timed run alike: V8
 // optimizes it on its own, where the loops in main() ran in baseline code (V8's one attempt
@@ -439,6 +457,7 @@ async function main () {
     const bareOnce = async (company, ids) => {
       const c = new Client({ connectionString: url })
       await c.connect()
+      await settleHeap()
       const m = meter(pm)
       const t0 = now()
       const { rows } = await c.query({
@@ -468,6 +487,7 @@ async function main () {
       const lat = []
       let cpuSum = { node: 0, pg: 0 }
       for (let r = 0; r < COLD_REPS; r++) {
+        await settleHeap()
         const m = meter(pm) // includes opening a store per cold get (addon)
         const { got, dt } = await impl.coldGet(company, 'session', ids)
         const used = m.stop()
