@@ -335,9 +335,12 @@ function syncCall (fn) {
 const PARTS_FROM = 64
 const PART_ROWS = 100
 
+// Each part is a flat array ["id", value, "id", value, ...] (see the core's `json_pairs`): as an
+// object, every part's new ids would each make JSON.parse build a hidden class, only to be
+// copied into the answer.
 async function getInParts (nativeSession, type, ids) {
   const parts = nativeSession.getParts(type, ids, PART_ROWS)
-  let out = null
+  const out = {}
   // The next part is asked for before this one is parsed, so its hop from the runtime's thread
   // overlaps the parse instead of following it.
   let next = parts.next()
@@ -345,24 +348,21 @@ async function getInParts (nativeSession, type, ids) {
     const text = await next
     if (text == null) break
     next = parts.next()
-    let got
+    let pairs
     try {
-      got = parse(text)
+      pairs = parse(text)
     } catch (e) {
       next.catch(() => {}) // the get fails here; what comes after is not wanted
       throw e
     }
-    if (out === null) {
-      out = got
-    } else {
-      for (const id of Object.keys(got)) {
-        // An id "__proto__" must stay an own property, as JSON.parse makes it (not a prototype).
-        if (id === '__proto__') Object.defineProperty(out, id, { value: got[id], enumerable: true, writable: true, configurable: true })
-        else out[id] = got[id]
-      }
+    for (let i = 0; i < pairs.length; i += 2) {
+      const id = pairs[i]
+      // An id "__proto__" must stay an own property, as JSON.parse makes it (not a prototype).
+      if (id === '__proto__') Object.defineProperty(out, id, { value: pairs[i + 1], enumerable: true, writable: true, configurable: true })
+      else out[id] = pairs[i + 1]
     }
   }
-  return out || {}
+  return out
 }
 
 // ---- write outcomes ---------------------------------------------------------------------------

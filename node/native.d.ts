@@ -94,7 +94,8 @@ export declare class NativeSession {
 /** The parts of one `get` (see `NativeSession::get_parts`). */
 export declare class NativeGetParts {
   /**
-   * Resolves to the next part, `{"id": value, ...}` as JSON text, or null after the last;
+   * Resolves to the next part, `["id", value, ...]` (id, value pairs) as JSON text, or null
+   * after the last;
    * rejects when the get failed (then the parts before must be dropped).
    */
   next(): Promise<string | null>

@@ -10,7 +10,7 @@ use crate::company::Company;
 use crate::db::sql;
 use crate::error::{Error, Result};
 use crate::validate;
-use crate::value::{json_object, parse_writes, KeyWrite, StoredValue};
+use crate::value::{json_object, json_pairs, parse_writes, KeyWrite, StoredValue};
 use crate::write::{OnWritten, Op, WritePath, WriteTicket};
 
 /// One company's state: creds and Signal keys. Cheap to clone; clones share the company's
@@ -288,10 +288,11 @@ impl Session {
     }
 
     /// [`Session::get_json`] in parts, for a binding that revives values on another thread
-    /// (Node's JSON.parse runs on its one JS thread): each part is `{"id": value, ...}` text,
-    /// what memory knows first, then the database's rows in groups of `part_rows` as they
-    /// arrive, so the first parts are revived while PostgreSQL still sends the rest. A `get`
-    /// of 1,000 session records spent as long in JSON.parse after the query as in the query.
+    /// (Node's JSON.parse runs on its one JS thread): each part is `["id", value, ...]` text (a
+    /// flat array of id, value pairs, `value::json_pairs`), what memory knows first, then the
+    /// database's rows in groups of `part_rows` as they arrive, so the first parts are revived
+    /// while PostgreSQL still sends the rest. A `get` of 1,000 session records spent as long in
+    /// JSON.parse after the query as in the query.
     ///
     /// Bad input fails here, before anything runs. The answer is the same as `get_json`'s
     /// (ids in another order); a failure arrives as the last part, after which the parts
@@ -365,7 +366,7 @@ impl Session {
         }
         // A closed receiver (the caller went away) only means nobody reads the answer.
         let send = |part: &[(String, StoredValue)]| -> Result<()> {
-            let _ = tx.send(Ok(json_object(part)?));
+            let _ = tx.send(Ok(json_pairs(part)?));
             Ok(())
         };
         if !known.is_empty() {
@@ -567,7 +568,7 @@ struct CacheFill {
 pub struct GetParts(tokio::sync::mpsc::UnboundedReceiver<Result<String>>);
 
 impl GetParts {
-    /// The next part (`{"id": value, ...}` JSON text), or `None` after the last one. After an
+    /// The next part (`["id", value, ...]` JSON text), or `None` after the last one. After an
     /// `Err` nothing follows: the whole `get` failed.
     pub async fn next(&mut self) -> Option<Result<String>> {
         self.0.recv().await

@@ -765,12 +765,22 @@ async fn all_parts(
     let mut count = 0;
     while let Some(part) = parts.next().await {
         let part: serde_json::Value = serde_json::from_str(&part?).expect("a part is JSON");
-        let serde_json::Value::Object(part) = part else {
-            panic!("a part is an object")
+        let serde_json::Value::Array(part) = part else {
+            panic!("a part is an array")
         };
+        assert!(
+            !part.is_empty() && part.len() % 2 == 0,
+            "a part holds id, value pairs"
+        );
         count += 1;
-        for (id, value) in part {
-            assert!(out.insert(id, value).is_none(), "an id came twice");
+        for pair in part.chunks(2) {
+            let serde_json::Value::String(id) = &pair[0] else {
+                panic!("an id is a string: {:?}", pair[0])
+            };
+            assert!(
+                out.insert(id.clone(), pair[1].clone()).is_none(),
+                "an id came twice"
+            );
         }
     }
     Ok((count, out))
