@@ -95,8 +95,7 @@ export declare class NativeSession {
 export declare class NativeGetParts {
   /**
    * Resolves to the next part, `["id", value, ...]` (id, value pairs) as JSON text, or null
-   * after the last;
-   * rejects when the get failed (then the parts before must be dropped).
+   * after the last; rejects when the get failed (then the parts before must be dropped).
    */
   next(): Promise<string | null>
 }

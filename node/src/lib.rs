@@ -562,8 +562,7 @@ pub struct NativeGetParts {
 #[napi]
 impl NativeGetParts {
     /// Resolves to the next part, `["id", value, ...]` (id, value pairs) as JSON text, or null
-    /// after the last;
-    /// rejects when the get failed (then the parts before must be dropped).
+    /// after the last; rejects when the get failed (then the parts before must be dropped).
     #[napi(catch_unwind, ts_return_type = "Promise<string | null>")]
     pub fn next(&self, env: Env) -> napi::Result<JsObject> {
         let parts = self.parts.clone();
