@@ -23,6 +23,7 @@ const os = require('node:os')
 const path = require('node:path')
 const readline = require('node:readline')
 const { spawn, spawnSync } = require('node:child_process')
+const { setTimeout: sleep } = require('node:timers/promises')
 const { Pool, Client } = require('pg')
 const { openStore, usePostgresAuthState } = require('..')
 const { freshDatabase, targetDir, ROOT } = require('../test/helpers/db.js')
@@ -172,7 +173,7 @@ const collectGarbage = (() => {
 })()
 async function settleHeap () {
   collectGarbage()
-  await new Promise((resolve) => setTimeout(resolve, 20))
+  await sleep(20)
 }
 // `n` gets of one session each (ids[0..10] in turn), then more until `until` (a now() time);
 // their latencies. A function of its own, used for the warm-up and the timed run alike: V8
@@ -253,7 +254,7 @@ async function main () {
           for (;;) {
             const o = this.store.metrics().outage
             if (!o || o.pending_calls === 0) return
-            await new Promise((resolve) => setTimeout(resolve, 5))
+            await sleep(5)
           }
         },
         async done () { await this.store.close() }
@@ -418,12 +419,12 @@ async function main () {
       // directory 500 ms after its session opens (src/store.rs, DIRECTORY_LOAD_DELAY), and with
       // it answers reads of keys never stored (most reads here: every pair's first session)
       // without a query. Without the wait the run measured the first ~0.5 s after a restart.
-      await new Promise((resolve) => setTimeout(resolve, SETTLE_MS))
+      await sleep(SETTLE_MS)
       // On a slow moment of this machine the 50 loads can outlast the settle time; a connected
       // service has long loaded them, so the run waits for them (up to 5 s more) rather than
       // measure a half-loaded store. With BENCH_SETTLE_MS=0 it does not wait (a restart).
       for (let waited = 0; SETTLE_MS > 0 && unloaded() > 0 && waited < 5000; waited += 50) {
-        await new Promise((resolve) => setTimeout(resolve, 50))
+        await sleep(50)
       }
       if (SETTLE_MS > 0 && unloaded() > 0) {
         console.error(`${impl.name}: ${unloaded()} of ${ACCOUNTS} key directories not loaded after ${SETTLE_MS + 5000} ms; reads of absent keys query PostgreSQL`)
