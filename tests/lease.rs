@@ -336,12 +336,17 @@ async fn a_paused_holder_that_lost_its_lease_cannot_write_when_it_resumes() {
 
 /// The fence in the write statement itself: a holder that never renews (heartbeat far longer
 /// than the expiry, as if paused) writes after another store took the lease over.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///
+/// One thread and one write lane, so the three calls below are all enqueued before the lane
+/// commits any of them: one group commit. On two worker threads the lane committed the first
+/// call (and so marked the company lost) before the second was enqueued, once in CI.
+#[tokio::test(flavor = "current_thread")]
 async fn a_write_after_a_takeover_is_fenced_by_the_statement() {
     let url = common::fresh_database("fence").await;
     let mut slow = config(&url);
     slow.lease_expiry = Duration::from_millis(500);
     slow.lease_heartbeat = Duration::from_secs(3600);
+    slow.write_lanes = 1;
     let a = Store::open(slow).await.expect("open");
     a.migrate().await.expect("migrate");
     let b = Store::open(config(&url)).await.expect("open");
@@ -356,6 +361,8 @@ async fn a_write_after_a_takeover_is_fenced_by_the_statement() {
     sb.set(put("1", "b")).await.expect("b writes");
 
     // A group commit of a lost company and a company still held: only the first is fenced.
+    let commits = |s: &Store| s.metrics().op("commit").map_or(0, |o| o.count);
+    let commits_before = commits(&a);
     let t1 = sa.set_begin(put("1", "a-late")).expect("enqueued");
     let t2 = sa.save_creds_begin(val("creds-late")).expect("enqueued");
     let t3 = sa_other.set_begin(put("9", "a-other")).expect("enqueued");
@@ -372,6 +379,7 @@ async fn a_write_after_a_takeover_is_fenced_by_the_statement() {
     assert_eq!(r1.expect_err("fenced").kind(), ErrorKind::Locked);
     assert_eq!(r2.expect_err("fenced").kind(), ErrorKind::Locked);
     r3.expect("the other company is still ours (its lease expired but nobody took it)");
+    assert_eq!(commits(&a), commits_before + 1, "one group commit");
     assert!(sa.lease_lost());
     assert_eq!(
         sa.clear().await.expect_err("lost").kind(),
