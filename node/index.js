@@ -225,6 +225,13 @@ function parse (text) {
 function PlainObject () {}
 PlainObject.prototype = Object.prototype
 
+// Sets the property "__proto__" of `o` as JSON.parse makes it: an own, ordinary property (an
+// assignment would set the prototype instead). Callers test for the name themselves, so their
+// own assignments, the common case, stay at their call sites.
+function defineProto (o, value) {
+  Object.defineProperty(o, '__proto__', { value, enumerable: true, writable: true, configurable: true })
+}
+
 // A deep copy of what parse() makes (plain objects, arrays, Buffers, primitives): ~4x faster
 // than parsing the text again, and the caller may change its copy freely.
 function copyParsed (x) {
@@ -237,8 +244,7 @@ function copyParsed (x) {
   }
   const o = new PlainObject()
   for (const k in x) {
-    // JSON.parse makes "__proto__" an own property; an assignment would set the prototype.
-    if (k === '__proto__') Object.defineProperty(o, k, { value: copyParsed(x[k]), enumerable: true, writable: true, configurable: true })
+    if (k === '__proto__') defineProto(o, copyParsed(x[k]))
     else o[k] = copyParsed(x[k])
   }
   return o
@@ -357,8 +363,7 @@ async function getInParts (nativeSession, type, ids) {
     }
     for (let i = 0; i < pairs.length; i += 2) {
       const id = pairs[i]
-      // An id "__proto__" must stay an own property, as JSON.parse makes it (not a prototype).
-      if (id === '__proto__') Object.defineProperty(out, id, { value: pairs[i + 1], enumerable: true, writable: true, configurable: true })
+      if (id === '__proto__') defineProto(out, pairs[i + 1])
       else out[id] = pairs[i + 1]
     }
   }
