@@ -14,7 +14,8 @@
 // BENCH_SETTLE_MS (1000: idle time between opening the accounts and their messages),
 // BENCH_WARMUP_MESSAGES (20 per account, untimed, on accounts of their own, before the timed run),
 // BENCH_MIN_TIMED_MS (1000: the messaging workload is timed in whole rounds until they add up to
-// this; each round on accounts of its own),
+// this; each round on accounts of its own), BENCH_MIN_ROUNDS (3: the implementations take turns,
+// one round each, at least this many times),
 // BENCH_JSON (a file to write the results to, as JSON), BENCH_IMPLS (e.g. `addon`: only these),
 // BENCH_ADDON_OPTIONS (JSON options for the addon's store, see below).
 // CPU columns: seconds of CPU per 1,000 units (messages, keys or gets) of the Node process
@@ -45,6 +46,11 @@ const WARMUP = Number(process.env.BENCH_WARMUP_MESSAGES ?? 20)
 // every figure spans at least this much traffic, not a fast implementation's few flush cycles.
 const MIN_TIMED_MS = Number(process.env.BENCH_MIN_TIMED_MS ?? 1000)
 const MAX_ROUNDS = 8
+// The implementations take turns, one round each per cycle, for at least this many cycles: this
+// machine's speed drifts 2-5x within minutes, and with each implementation's rounds run
+// back to back the same build's journal/reference ratio ranged 4.2x-14.7x over three runs.
+// Taking turns, every implementation meets the same minutes of the machine.
+const MIN_ROUNDS = Number(process.env.BENCH_MIN_ROUNDS ?? 3)
 // BENCH_ADDON_OPTIONS: JSON merged into the addon's openStore options, e.g.
 // '{"durability":"journal","journalPath":"/tmp/j"}' or '{"pipelineDepth":1}'.
 const ADDON_OPTIONS = JSON.parse(process.env.BENCH_ADDON_OPTIONS || '{}')
@@ -360,108 +366,123 @@ async function main () {
     }
 
     // 2. 50 accounts exchanging messages (storage traffic of Signal messaging)
-    for (const impl of impls) {
-      const tag = impl.name.replace(/\W/g, '')
-      const addr = (i) => `55119${String(i).padStart(8, '0')}_1.0`
-      const groupOf = (i) => `1203630${String(i % 10).padStart(11, '0')}@g.us`
-      const membersOf = (g) => [...Array(ACCOUNTS).keys()].filter((i) => groupOf(i) === g)
-      // Each account sends `perAccount` messages, one after another; the accounts at once.
-      const exchange = async (accts, perAccount, lat, setLat) => {
-        const timedSet = async (keys, data) => {
-          const s0 = now()
-          await keys.set(data)
-          setLat.push(now() - s0)
-        }
-        const session1 = async (keys, peer) => {
-          const { [peer]: s } = await keys.get('session', [peer])
-          await timedSet(keys, { session: { [peer]: s || sessionValue } })
-        }
-        await Promise.all(accts.map(async (keys, i) => {
-          for (let k = 0; k < perAccount; k++) {
-            const m0 = now()
-            if (k % 5 === 4) {
-              const g = groupOf(i)
-              const name = `${g}::${addr(i)}`
-              const { [name]: sk } = await keys.get('sender-key', [name])
-              await timedSet(keys, { 'sender-key': { [name]: sk || senderKeyValue } })
-              const members = membersOf(g).filter((j) => j !== i)
-              const memory = {}
-              for (const j of members) memory[`55119${String(j).padStart(8, '0')}@s.whatsapp.net`] = true
-              await timedSet(keys, { 'sender-key-memory': { [g]: memory } })
-              for (const j of members) {
-                const { [name]: rsk } = await accts[j].get('sender-key', [name])
-                await timedSet(accts[j], { 'sender-key': { [name]: rsk || senderKeyValue } })
-              }
-            } else {
-              const j = (i + 1 + k) % ACCOUNTS
-              await session1(keys, addr(j))
-              await session1(accts[j], addr(i))
+    const addr = (i) => `55119${String(i).padStart(8, '0')}_1.0`
+    const groupOf = (i) => `1203630${String(i % 10).padStart(11, '0')}@g.us`
+    const membersOf = (g) => [...Array(ACCOUNTS).keys()].filter((i) => groupOf(i) === g)
+    // Each account sends `perAccount` messages, one after another; the accounts at once.
+    const exchange = async (accts, perAccount, lat, setLat) => {
+      const timedSet = async (keys, data) => {
+        const s0 = now()
+        await keys.set(data)
+        setLat.push(now() - s0)
+      }
+      const session1 = async (keys, peer) => {
+        const { [peer]: s } = await keys.get('session', [peer])
+        await timedSet(keys, { session: { [peer]: s || sessionValue } })
+      }
+      await Promise.all(accts.map(async (keys, i) => {
+        for (let k = 0; k < perAccount; k++) {
+          const m0 = now()
+          if (k % 5 === 4) {
+            const g = groupOf(i)
+            const name = `${g}::${addr(i)}`
+            const { [name]: sk } = await keys.get('sender-key', [name])
+            await timedSet(keys, { 'sender-key': { [name]: sk || senderKeyValue } })
+            const members = membersOf(g).filter((j) => j !== i)
+            const memory = {}
+            for (const j of members) memory[`55119${String(j).padStart(8, '0')}@s.whatsapp.net`] = true
+            await timedSet(keys, { 'sender-key-memory': { [g]: memory } })
+            for (const j of members) {
+              const { [name]: rsk } = await accts[j].get('sender-key', [name])
+              await timedSet(accts[j], { 'sender-key': { [name]: rsk || senderKeyValue } })
             }
-            lat.push(now() - m0)
+          } else {
+            const j = (i + 1 + k) % ACCOUNTS
+            await session1(keys, addr(j))
+            await session1(accts[j], addr(i))
           }
-        }))
-      }
-      const openAccounts = async (prefix, keep) => {
-        const accts = []
-        for (let i = 0; i < ACCOUNTS; i++) {
-          const auth = await impl.open(`${prefix}_${tag}_${i}`)
-          if (keep && auth.session) keep.push(auth.session)
-          accts.push(auth.state.keys)
+          lat.push(now() - m0)
         }
-        return accts
+      }))
+    }
+    // Each implementation's timed messaging: its latencies, rounds and CPU, filled round by round.
+    const messaging = impls.map((impl) => ({
+      impl,
+      tag: impl.name.replace(/\W/g, ''),
+      lat: [],
+      setLat: [], // each set of the messages alone: what pipelining is about
+      rounds: [], // { messages, ms } of each round, for BENCH_JSON
+      total: 0,
+      drained: 0,
+      cpuUsed: { node: 0, pg: 0 }
+    }))
+    const openAccounts = async (run, prefix, keep) => {
+      const accts = []
+      for (let i = 0; i < ACCOUNTS; i++) {
+        const auth = await run.impl.open(`${prefix}_${run.tag}_${i}`)
+        if (keep && auth.session) keep.push(auth.session)
+        accts.push(auth.state.keys)
       }
-      // Warm-up, not timed, on accounts of its own: the same traffic, so the JIT has compiled
-      // both the load generator's and the implementation's paths before the timed run (without
-      // it, the addon's runs of ~0.3 s were mostly compilation on V8's helper threads).
+      return accts
+    }
+    // Warm-up, not timed, on accounts of its own: the same traffic, so the JIT has compiled
+    // both the load generator's and the implementation's paths before the timed run (without
+    // it, the addon's runs of ~0.3 s were mostly compilation on V8's helper threads).
+    for (const run of messaging) {
       if (WARMUP > 0) {
-        await exchange(await openAccounts('warm'), WARMUP, [], [])
-        if (impl.drain) await impl.drain()
+        await exchange(await openAccounts(run, 'warm'), WARMUP, [], [])
+        if (run.impl.drain) await run.impl.drain()
       }
-      // Timed rounds, each the whole workload on accounts of its own, until the rounds add up to
-      // BENCH_MIN_TIMED_MS of messaging (see MIN_TIMED_MS).
-      const lat = []
-      const setLat = [] // each set of the messages alone: what pipelining is about
-      const rounds = [] // { messages, ms } of each round, for BENCH_JSON
-      let total = 0
-      let drained = 0
-      let cpuUsed = { node: 0, pg: 0 }
-      do {
-        const sessions = [] // the addon's sessions of this round's accounts
-        const accts = await openAccounts(`msg${rounds.length}`, sessions)
-        // Whether every timed account's directory is loaded: memory then answers a read of a key
-        // never stored (the synchronous cached read gives '{}' instead of null). The store's count
-        // of loaded directories is no test: it drops when earlier phases' sessions are collected.
-        const unloaded = () => sessions.filter((s) => s._native.getCached('pre-key', ['bench-never-stored']) === null).length
-        // The accounts are connected and idle for a moment before traffic starts, as in a running
-        // service (the same wait for every implementation): the addon loads each company's key
-        // directory 500 ms after its session opens (src/store.rs, DIRECTORY_LOAD_DELAY), and with
-        // it answers reads of keys never stored (most reads here: every pair's first session)
-        // without a query. Without the wait the run measured the first ~0.5 s after a restart.
-        await sleep(SETTLE_MS)
-        // On a slow moment of this machine the 50 loads can outlast the settle time; a connected
-        // service has long loaded them, so the run waits for them (up to 5 s more) rather than
-        // measure a half-loaded store. With BENCH_SETTLE_MS=0 it does not wait (a restart).
-        for (let waited = 0; SETTLE_MS > 0 && unloaded() > 0 && waited < 5000; waited += 50) {
-          await sleep(50)
-        }
-        if (SETTLE_MS > 0 && unloaded() > 0) {
-          console.error(`${impl.name}: ${unloaded()} of ${ACCOUNTS} key directories not loaded after ${SETTLE_MS + 5000} ms; reads of absent keys query PostgreSQL`)
-        }
-        const m = meter(pm)
-        const before = lat.length
-        const t0 = now()
-        await exchange(accts, PER_ACCOUNT, lat, setLat)
-        const ms = now() - t0
-        // Journal mode: the CPU figures include flushing everything to PostgreSQL.
-        if (impl.drain) await impl.drain()
-        drained += now() - t0
-        total += ms
-        const used = m.stop()
-        cpuUsed = { node: cpuUsed.node + used.node, pg: cpuUsed.pg + used.pg }
-        rounds.push({ messages: lat.length - before, ms })
-      } while (total < MIN_TIMED_MS && rounds.length < MAX_ROUNDS)
+    }
+    // One timed round: the whole workload on accounts of its own.
+    const timedRound = async (run) => {
+      const { impl } = run
+      const sessions = [] // the addon's sessions of this round's accounts
+      const accts = await openAccounts(run, `msg${run.rounds.length}`, sessions)
+      // Whether every timed account's directory is loaded: memory then answers a read of a key
+      // never stored (the synchronous cached read gives '{}' instead of null). The store's count
+      // of loaded directories is no test: it drops when earlier phases' sessions are collected.
+      const unloaded = () => sessions.filter((s) => s._native.getCached('pre-key', ['bench-never-stored']) === null).length
+      // The accounts are connected and idle for a moment before traffic starts, as in a running
+      // service (the same wait for every implementation): the addon loads each company's key
+      // directory 500 ms after its session opens (src/store.rs, DIRECTORY_LOAD_DELAY), and with
+      // it answers reads of keys never stored (most reads here: every pair's first session)
+      // without a query. Without the wait the run measured the first ~0.5 s after a restart.
+      await sleep(SETTLE_MS)
+      // On a slow moment of this machine the 50 loads can outlast the settle time; a connected
+      // service has long loaded them, so the run waits for them (up to 5 s more) rather than
+      // measure a half-loaded store. With BENCH_SETTLE_MS=0 it does not wait (a restart).
+      for (let waited = 0; SETTLE_MS > 0 && unloaded() > 0 && waited < 5000; waited += 50) {
+        await sleep(50)
+      }
+      if (SETTLE_MS > 0 && unloaded() > 0) {
+        console.error(`${impl.name}: ${unloaded()} of ${ACCOUNTS} key directories not loaded after ${SETTLE_MS + 5000} ms; reads of absent keys query PostgreSQL`)
+      }
+      const m = meter(pm)
+      const before = run.lat.length
+      const t0 = now()
+      await exchange(accts, PER_ACCOUNT, run.lat, run.setLat)
+      const ms = now() - t0
+      // Journal mode: the CPU figures include flushing everything to PostgreSQL.
+      if (impl.drain) await impl.drain()
+      run.drained += now() - t0
+      run.total += ms
+      const used = m.stop()
+      run.cpuUsed = { node: run.cpuUsed.node + used.node, pg: run.cpuUsed.pg + used.pg }
+      run.rounds.push({ messages: run.lat.length - before, ms })
+    }
+    // Timed rounds, the implementations taking turns (one round each per cycle), until every
+    // implementation's rounds add up to BENCH_MIN_TIMED_MS of messaging, and at least
+    // MIN_ROUNDS cycles (see both). Every implementation runs the same number of rounds.
+    let cycles = 0
+    do {
+      for (const run of messaging) await timedRound(run)
+      cycles++
+    } while (cycles < MAX_ROUNDS && (cycles < MIN_ROUNDS || messaging.some((r) => r.total < MIN_TIMED_MS)))
+    for (const run of messaging) {
+      const { impl, lat, setLat, rounds, total, drained } = run
       const messages = lat.length
-      const cpu = per1k(cpuUsed, messages)
+      const cpu = per1k(run.cpuUsed, messages)
       results.push({ workload: `${ACCOUNTS} accounts messaging`, impl: impl.name, rate: messages / (total / 1000), unit: 'msg/s', p50: pct(lat, 50), p99: pct(lat, 99), cpu, rounds })
       const noCpu = { node: NaN, pg: NaN }
       results.push({ workload: '  its sets alone', impl: impl.name, rate: setLat.length / (total / 1000), unit: 'sets/s', p50: pct(setLat, 50), p99: pct(setLat, 99), cpu: noCpu })
@@ -572,8 +593,11 @@ async function main () {
     `${REPS} reps of the 812-key set; node ${process.version}, ${os.cpus().length} cores; ` +
     (RTT_MS > 0 ? `through the delay proxy, ${RTT_MS} ms round trip` : 'loopback (no proxy)') +
     `; load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`)
-  const rounds = results.filter((r) => r.rounds).map((r) => `${r.impl} ${r.rounds.length}`)
-  console.log(`Messaging timed in rounds of the whole workload until they add up to ${MIN_TIMED_MS} ms: ${rounds.join(', ')}`)
+  const rounds = results.find((r) => r.rounds)
+  if (rounds) {
+    console.log(`Messaging timed in ${rounds.rounds.length} rounds per implementation, taken in turns (at least ${MIN_ROUNDS}, ` +
+      `and until each implementation's add up to ${MIN_TIMED_MS} ms)`)
+  }
   if (process.env.BENCH_JSON) fs.writeFileSync(process.env.BENCH_JSON, JSON.stringify({ rttMs: RTT_MS, results }, null, 2))
 }
 
